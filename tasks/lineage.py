@@ -1,0 +1,70 @@
+"""Lineage: what a training run records about itself, and the set-up every run starts with."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect import get_run_logger, runtime, task
+
+from tasks.registry import configure_mlflow
+from tasks.settings import TimeWindow, TrainingConfig
+from tasks.stores import Stores
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Why and from what a training run happened; recorded on the MLflow run and the version."""
+
+    reason: str
+    window: TimeWindow
+    flow_run_id: str | None
+    git_revision: str
+    config_sha256: str
+
+    @property
+    def study_name(self) -> str:
+        """One Optuna study per training run, named so a person can find it from the run."""
+        return f"{self.window.label()}-{(self.flow_run_id or self.config_sha256)[:8]}"
+
+
+def git_revision(root: Path = REPO_ROOT) -> str:
+    """HEAD's commit, with `-dirty` when tracked files changed; `unknown` outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def config_sha256(config: TrainingConfig) -> str:
+    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
+
+
+@task
+def prepare(config: TrainingConfig, window: TimeWindow, reason: str, stores: Stores) -> RunContext:
+    """Create the local stores, connect MLflow, and pin down the run's lineage."""
+    stores.ensure_local_dirs()
+    configure_mlflow(stores, experiment=config.model_name)
+    flow_run_id = runtime.flow_run.id
+    context = RunContext(
+        reason=reason,
+        window=window,
+        flow_run_id=str(flow_run_id) if flow_run_id else None,
+        git_revision=git_revision(),
+        config_sha256=config_sha256(config),
+    )
+    get_run_logger().info(
+        "training %s on %s (reason: %s, revision %s)", config.model_name, window.label(), reason, context.git_revision[:12]
+    )
+    return context

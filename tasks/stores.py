@@ -1,0 +1,121 @@
+"""Where state lives: one home folder by default, every store a URI that config can move.
+
+Nothing here runs at import. `Stores.from_env()` resolves the locations once per process;
+`DataStore` is the only code that touches landed, quarantined and processed batches, through
+fsspec, so a `s3://` or `gs://` data root is a change of URI (plus the fsspec driver).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+DEFAULT_HOME = ".driftloop"
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Locations of every store. Defaults live under `home`; each can be overridden by env."""
+
+    home: Path
+    mlflow_tracking_uri: str
+    mlflow_artifact_root: str
+    optuna_storage: str
+    data_uri: str
+    lock_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Stores:
+        env = os.environ if env is None else env
+        home = Path(env.get("DRIFTLOOP_HOME", DEFAULT_HOME)).expanduser().resolve()
+        return cls(
+            home=home,
+            mlflow_tracking_uri=env.get(
+                "DRIFTLOOP_MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+            ),
+            mlflow_artifact_root=env.get(
+                "DRIFTLOOP_MLFLOW_ARTIFACT_ROOT", (home / "mlflow" / "artifacts").as_uri()
+            ),
+            optuna_storage=env.get(
+                "DRIFTLOOP_OPTUNA_STORAGE", f"journal:{home / 'optuna' / 'journal.log'}"
+            ),
+            data_uri=env.get("DRIFTLOOP_DATA_URI", (home / "data").as_uri()),
+            lock_dir=Path(env.get("DRIFTLOOP_LOCK_DIR", str(home / "locks"))),
+        )
+
+    def ensure_local_dirs(self) -> None:
+        """Create the local folders the default (file and SQLite) stores need."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        if self.mlflow_tracking_uri.startswith("sqlite:///"):
+            Path(self.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if self.optuna_storage.startswith("journal:"):
+            Path(self.optuna_storage.removeprefix("journal:")).parent.mkdir(parents=True, exist_ok=True)
+        if self.optuna_storage.startswith("sqlite:///"):
+            Path(self.optuna_storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class DataStore:
+    """Landed, quarantined and processed batches under one root URI.
+
+    Landed batches are immutable and content-addressed: the file name starts with the SHA-256
+    of the bytes, and landing the same bytes twice is a no-op. A rejected batch is moved, never
+    deleted, to quarantine/ next to a JSON file that says why.
+    """
+
+    AREAS = ("landed", "quarantine", "processed")
+
+    def __init__(self, root_uri: str) -> None:
+        self.root_uri = root_uri.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.root_uri)
+
+    def _path(self, area: str, dataset: str, name: str = "") -> str:
+        if area not in self.AREAS:
+            raise ValueError(f"unknown data area {area!r}")
+        return "/".join(part for part in (self.root, area, dataset, name) if part)
+
+    def land(self, dataset: str, name: str, data: bytes) -> tuple[str, str]:
+        """Store `data` as an immutable landed batch; returns (path, sha256)."""
+        digest = sha256_bytes(data)
+        path = self._path("landed", dataset, f"{digest[:16]}-{name}")
+        if not self.fs.exists(path):
+            self.fs.makedirs(self._path("landed", dataset), exist_ok=True)
+            tmp = f"{path}.partial"
+            self.fs.pipe_file(tmp, data)
+            self.fs.mv(tmp, path)  # readers never see a half-written batch
+        return path, digest
+
+    def read_bytes(self, path: str) -> bytes:
+        return bytes(self.fs.cat_file(path))
+
+    def quarantine(self, path: str, dataset: str, reason: dict[str, Any]) -> str:
+        """Move a landed batch to quarantine/ and write its machine-readable reason beside it."""
+        name = path.rsplit("/", 1)[-1]
+        target = self._path("quarantine", dataset, name)
+        self.fs.makedirs(self._path("quarantine", dataset), exist_ok=True)
+        self.fs.pipe_file(f"{target}.reason.json", json.dumps(reason, indent=2, default=str).encode())
+        if self.fs.exists(path):
+            self.fs.mv(path, target)
+        return target
+
+    def listing(self, area: str, dataset: str) -> list[str]:
+        folder = self._path(area, dataset)
+        if not self.fs.exists(folder):
+            return []
+        return sorted(p for p in self.fs.ls(folder, detail=False) if not p.endswith(".partial"))
+
+    def uri(self, path: str) -> str:
+        """A URI a person or MLflow can follow back to the batch."""
+        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        return f"{'file' if protocol == 'local' else protocol}://{path}"

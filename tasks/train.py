@@ -1,0 +1,174 @@
+"""Train: fit the final Pipeline on train + validation and log it to MLflow with its lineage.
+
+One MLflow run per training flow run holds everything a reviewer needs: the config, the data
+digests (`mlflow.log_input`), the git revision, the Optuna study, why the run happened, the
+model with signature and input example, and a reference sample of the training data for drift
+monitoring. The model is registered as a new version whose decision starts as `pending`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.data
+import numpy as np
+import pandas as pd
+import sklearn
+import yaml
+from mlflow.models import infer_signature
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.ingest import LandedBatch
+from tasks.model import build_pipeline, features_and_target, predict_scores
+from tasks.registry import TAG_BEST_PARAMS, TAG_DECISION
+from tasks.lineage import RunContext
+from tasks.settings import TrainingConfig
+from tasks.split import Splits
+from tasks.stores import DataStore, Stores
+from tasks.tune import TuningResult
+
+REFERENCE_ROWS = 50_000
+# MLflow saves sklearn models with skops (no pickle). These are the non-default types our
+# Pipeline holds; they are ours, so we name them rather than trusting whatever a file lists.
+SKOPS_TRUSTED_TYPES = [
+    "functools.partial",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.utils.validation.check_array",
+]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    version: str
+    run_id: str
+    params: dict[str, Any]
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def final_params(config: TrainingConfig, tuning: TuningResult) -> dict[str, Any]:
+    return {**config.model.params, **tuning.best_params}
+
+
+def model_requirements() -> list[str]:
+    """Explicit pins: MLflow's inference spawns a subprocess and costs seconds per model."""
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"scikit-learn=={sklearn.__version__}",
+        f"pandas=={pd.__version__}",
+        f"numpy=={np.__version__}",
+    ]
+
+
+def _flat_params(prefix: str, values: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}.{key}": value for key, value in values.items()}
+
+
+@task(cache_policy=NO_CACHE)
+def train(
+    config: TrainingConfig,
+    splits: Splits,
+    tuning: TuningResult,
+    batches: list[LandedBatch],
+    context: RunContext,
+    stores: Stores,
+) -> Candidate:
+    logger = get_run_logger()
+    fit_frame = pd.concat([splits.train, splits.validation], ignore_index=True)
+    features, target = features_and_target(config, fit_frame)
+    params = final_params(config, tuning)
+    pipeline = build_pipeline(config, params).fit(features, target)
+    store = DataStore(stores.data_uri)
+    source = store.uri(batches[0].path) if len(batches) == 1 else store.uri(batches[0].path.rsplit("/", 1)[0])
+    batch_digests = ",".join(b.digest for b in batches)
+
+    with mlflow.start_run(run_name=f"{config.model_name} {context.window.label()}") as run:
+        mlflow.set_tags(
+            {
+                "driftloop.reason": context.reason,
+                "driftloop.git_revision": context.git_revision,
+                "driftloop.config_sha256": context.config_sha256,
+                "driftloop.dataset": config.name,
+                "driftloop.window": context.window.label(),
+                "driftloop.batch_sha256": batch_digests,
+                "driftloop.optuna_study": tuning.study_name,
+                "prefect.flow_run_id": context.flow_run_id or "",
+                "mlflow.source.git.commit": context.git_revision.removesuffix("-dirty"),
+            }
+        )
+        mlflow.log_params(
+            {
+                "task": config.task,
+                "metric": config.gate.metric,
+                "window": context.window.label(),
+                **splits.describe(),
+                "tuning.n_trials_budget": config.tuning.n_trials,
+                "tuning.timeout_seconds": config.tuning.timeout_seconds,
+                "tuning.seed": config.tuning.seed,
+                **_flat_params("model", params),
+            }
+        )
+        for frame, context_name in ((fit_frame, "training"), (splits.holdout, "holdout")):
+            dataset = mlflow.data.from_pandas(
+                frame, source=source, targets=config.target, name=f"{config.name}-{context_name}"
+            )
+            mlflow.log_input(dataset, context=context_name)
+        mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config/training.yaml")
+        mlflow.log_dict(tuning.summary(), "tuning/study.json")
+        mlflow.log_table(pd.DataFrame(tuning.trials), "tuning/trials.json")
+        mlflow.log_metrics(
+            {
+                f"tuning_best_{config.gate.metric}": tuning.best_value,
+                "tuning_trials": tuning.n_trials,
+                "tuning_pruned": tuning.n_pruned,
+                "tuning_seconds": tuning.seconds,
+            }
+        )
+        reference = fit_frame.sample(min(len(fit_frame), REFERENCE_ROWS), random_state=config.tuning.seed)
+        _log_frame(reference.sort_values(config.timestamp), "reference/reference.parquet")
+
+        example = features.head(5)
+        signature = infer_signature(example, predict_scores(pipeline, example, config.task))
+        info = mlflow.sklearn.log_model(
+            pipeline,
+            name="model",
+            signature=signature,
+            input_example=example,
+            pip_requirements=model_requirements(),
+            serialization_format="skops",
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            pyfunc_predict_fn="predict" if config.task == "regression" else "predict_proba",
+        )
+        version = mlflow.register_model(
+            info.model_uri,
+            config.model_name,
+            tags={
+                TAG_DECISION: "pending",
+                TAG_BEST_PARAMS: json.dumps(tuning.best_params, sort_keys=True),
+                "driftloop.run_id": run.info.run_id,
+                "driftloop.reason": context.reason,
+                "driftloop.window": context.window.label(),
+                "driftloop.batch_sha256": batch_digests,
+                "driftloop.git_revision": context.git_revision,
+            },
+        )
+    logger.info("registered %s version %s (run %s)", config.model_name, version.version, run.info.run_id)
+    return Candidate(config.model_name, str(version.version), run.info.run_id, params)
+
+
+def _log_frame(frame: pd.DataFrame, artifact_path: str) -> None:
+    """Log a dataframe as a Parquet artifact (MLflow has no direct call for Parquet)."""
+    folder, name = artifact_path.rsplit("/", 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        frame.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=folder)
