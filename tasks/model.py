@@ -108,10 +108,12 @@ def compute_metrics(
         }
     assert classes is not None, "multiclass metrics need the model's classes"
     predicted = np.asarray(classes)[np.argmax(scores, axis=1)]
+    order = np.argsort(classes)  # log_loss reads the columns in sorted-label order, whatever `labels` says
+    known = set(np.unique(y)) <= set(classes)  # a class the model never saw has no column: no log loss
     return {
         "f1_macro": float(f1_score(y, predicted, average="macro", zero_division=0)),
         "accuracy": float(accuracy_score(y, predicted)),
-        "log_loss": float(log_loss(y, scores, labels=classes)),
+        "log_loss": float(log_loss(y, scores[:, order], labels=np.asarray(classes)[order])) if known else math.nan,
     }
 
 

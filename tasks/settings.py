@@ -155,8 +155,8 @@ class ParamRange(Strict):
     def contains(self, value: Any) -> bool:
         if self.type == "categorical":
             return value in (self.choices or [])
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            return False
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            return False  # NaN and inf fit no range (and int(NaN) would raise)
         if self.type == "int" and float(value) != int(value):
             return False
         return bool(self.low is not None and self.high is not None and self.low <= value <= self.high)

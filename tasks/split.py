@@ -44,6 +44,8 @@ def time_split(frame: pd.DataFrame, timestamp: str, split: SplitConfig) -> Split
     if frame.empty:
         raise SplitError("cannot split an empty frame")
     stamps = frame[timestamp]
+    if missing := int(stamps.isna().sum()):  # NaT compares False everywhere: the row would fall in no split
+        raise SplitError(f"{missing} row(s) have no {timestamp!r} timestamp; cannot place them in a split")
     end = stamps.max().floor("D") + pd.Timedelta(days=1)
     holdout_start = end - pd.Timedelta(days=split.holdout_days)
     validation_start = holdout_start - pd.Timedelta(days=split.validation_days)

@@ -1,0 +1,76 @@
+# driftloop: `make help` lists the targets. Everything lives under DRIFTLOOP_HOME (./.driftloop).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+CONFIG ?= configs/flights.yaml
+PYTEST_ARGS ?=
+
+export DRIFTLOOP_HOME ?= $(CURDIR)/.driftloop
+export PREFECT_HOME ?= $(DRIFTLOOP_HOME)/prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
+export DO_NOT_TRACK ?= 1
+export GX_ANALYTICS_ENABLED ?= false
+export PREFECT_PORT ?= 4200
+export MLFLOW_PORT ?= 5000
+
+.PHONY: help venv lock run test test-fast lint typecheck check up down status rollback clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
+
+venv: $(VENV)/.installed ## create .venv with the locked dependencies (requirements.lock)
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: driftloop needs Python 3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python --require-hashes requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+lock: venv ## re-resolve requirements.lock from pyproject.toml (then commit it)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+		--python-platform x86_64-manylinux_2_28 --quiet -o requirements.lock
+
+run: venv ## the main job: one training run on January-February 2013 flights
+	@mkdir -p $(PREFECT_HOME)
+	$(BIN)/python -m flows.training --config $(CONFIG)
+
+test: venv ## the whole suite: unit, data, flow (Prefect test harness) and end-to-end (real server)
+	@# pytest exits 5 when nothing was collected (e.g. a -k filter matching nothing): say so plainly.
+	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5); nothing ran"; exit 0; fi; exit $$rc
+
+test-fast: venv ## unit and data tests only, no Prefect server
+	$(BIN)/pytest tests/unit tests/data $(PYTEST_ARGS)
+
+lint: venv ## ruff
+	$(BIN)/ruff check flows tasks tests
+	$(BIN)/ruff format --check flows tasks tests
+
+typecheck: venv ## mypy
+	$(BIN)/mypy
+
+check: lint typecheck test ## lint, types, tests: what CI should be happy with
+
+up: venv ## start Prefect server + UI (:4200), MLflow UI (:5000) and serve the deployments
+	bash infra/local/up.sh $(CONFIG)
+
+down: ## stop what `make up` started (by PID)
+	bash infra/local/down.sh
+
+status: ## what `make up` is running
+	bash infra/local/status.sh
+
+rollback: venv ## put the previous champion back: make rollback MODEL=flights-late-arrival
+	@test -n "$(MODEL)" || { echo "usage: make rollback MODEL=<registered model name>"; exit 2; }
+	@mkdir -p $(PREFECT_HOME)
+	$(BIN)/python -m flows.rollback --model $(MODEL)
+
+clean: down ## remove the virtualenv and all local state under DRIFTLOOP_HOME
+	rm -rf $(VENV) $(DRIFTLOOP_HOME)

@@ -1,0 +1,139 @@
+"""The training flow on real Jan-Feb 2013 flights, under Prefect's test harness."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+from flows.rollback import rollback_flow
+from flows.training import training
+from tasks.gate import artifact_key
+from tasks.promote import RollbackError
+from tasks.registry import CHAMPION, PREVIOUS, TAG_DECISION, TAG_DECISION_REASON
+from tasks.settings import TrainingConfig
+from tasks.stores import DataStore, Stores
+from tests.flows.conftest import with_changes
+
+pytestmark = pytest.mark.flow
+
+
+def champion_version(name: str) -> str | None:
+    version = MlflowClient().get_registered_model(name).aliases.get(CHAMPION)
+    return None if version is None else str(version)
+
+
+def test_first_run_promotes_a_champion_with_full_lineage(home: Path, flights_config: TrainingConfig) -> None:
+    decision = training(config=flights_config, reason="test: first run")
+
+    assert decision.outcome == "promoted"
+    client = MlflowClient()
+    name = flights_config.model_name
+    assert champion_version(name) == decision.version == "1"
+    version = client.get_model_version(name, decision.version)
+    assert version.tags[TAG_DECISION] == "promoted"
+    run = client.get_run(version.run_id)
+    tags = run.data.tags
+    assert tags["driftloop.reason"] == "test: first run"
+    assert tags["driftloop.git_revision"]
+    assert len(tags["driftloop.config_sha256"]) == 64
+    assert tags["driftloop.optuna_study"].startswith(name)
+    contexts = {d.tags[0].value for d in run.inputs.dataset_inputs}
+    assert contexts == {"training", "holdout"}
+    assert all(d.dataset.digest for d in run.inputs.dataset_inputs)
+    assert run.data.metrics["holdout_roc_auc"] > 0.6
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config", "tuning", "gate", "reference", "evaluation"} <= artifacts
+    report = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gate/report.json")).read_text())
+    assert report["passed"] is True
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
+    assert model.metadata.signature is not None
+    # The batch it trained on is landed, content-addressed, and nothing was quarantined.
+    store = DataStore(Stores.from_env().data_uri)
+    assert len(store.listing("landed", flights_config.name)) == 1
+    assert store.listing("quarantine", flights_config.name) == []
+
+
+def test_gate_report_is_a_prefect_artifact(home: Path, flights_config: TrainingConfig) -> None:
+    training(config=flights_config)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key(flights_config.model_name)]))
+        )
+    assert artifacts, "the gate report was not published"
+    assert artifacts[0].type == "markdown"
+    assert "PASSED" in str(artifacts[0].data)
+
+
+def test_identical_rerun_does_not_promote_and_says_why(home: Path, flights_config: TrainingConfig) -> None:
+    first = training(config=flights_config)
+    second = training(config=flights_config)
+
+    assert first.outcome == "promoted"
+    assert second.outcome == "rejected"
+    assert "improvement" in second.reason
+    name = flights_config.model_name
+    assert champion_version(name) == first.version
+    tags = MlflowClient().get_model_version(name, second.version).tags
+    assert tags[TAG_DECISION] == "rejected"
+    assert "improvement" in tags[TAG_DECISION_REASON]
+
+
+def test_worse_model_is_rejected_and_champion_unchanged(
+    home: Path, flights_config: TrainingConfig, weak_config: TrainingConfig
+) -> None:
+    good = training(config=flights_config)
+    worse = training(config=weak_config, reason="test: forced worse")
+
+    assert worse.outcome == "rejected"
+    assert champion_version(flights_config.model_name) == good.version
+    assert worse.champion_after == good.version
+
+
+def test_better_model_promotes_and_rollback_restores_previous(
+    home: Path, flights_config: TrainingConfig, weak_config: TrainingConfig
+) -> None:
+    weak = training(config=weak_config)
+    better = training(config=flights_config)
+    name = flights_config.model_name
+
+    assert weak.outcome == better.outcome == "promoted"
+    aliases = {k: str(v) for k, v in MlflowClient().get_registered_model(name).aliases.items()}
+    assert aliases[CHAMPION] == better.version
+    assert aliases[PREVIOUS] == weak.version
+
+    restored = rollback_flow(model_name=name, reason="test: bad release")
+
+    aliases = {k: str(v) for k, v in MlflowClient().get_registered_model(name).aliases.items()}
+    assert aliases[CHAMPION] == weak.version == restored.champion_after
+    assert PREVIOUS not in aliases
+    assert MlflowClient().get_model_version(name, better.version).tags[TAG_DECISION] == "rolled_back"
+    with pytest.raises(RollbackError, match="no 'previous-champion'"):
+        rollback_flow(model_name=name)
+
+
+def test_bad_batch_is_quarantined_and_nothing_is_trained(
+    home: Path, tmp_path: Path, flights_config: TrainingConfig
+) -> None:
+    batch = tmp_path / "incoming" / "2013-01.csv"
+    batch.parent.mkdir()
+    batch.write_text("time_hour,carrier,late\n2013-01-01T10:00:00Z,UA,1\n")
+    config = with_changes(flights_config, source={"kind": "files", "path": str(batch.parent)})
+
+    state = training(config=config, return_state=True)
+
+    assert state.is_failed()
+    message = str(state.message)
+    assert "2013-01.csv" in message and "column is missing" in message
+    store = DataStore(Stores.from_env().data_uri)
+    quarantined = store.listing("quarantine", config.name)
+    assert any(p.endswith("2013-01.csv") for p in quarantined)
+    assert any(p.endswith(".reason.json") for p in quarantined)
+    assert store.listing("landed", config.name) == []
+    mlflow.set_tracking_uri(Stores.from_env().mlflow_tracking_uri)
+    assert MlflowClient().search_registered_models() == []
