@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,9 +119,11 @@ def train(
             }
         )
         for frame, context_name in ((fit_frame, "training"), (splits.holdout, "holdout")):
-            dataset = mlflow.data.from_pandas(
-                frame, source=source, targets=config.target, name=f"{config.name}-{context_name}"
-            )
+            with warnings.catch_warnings():  # MLflow registers two equivalent sources for file:// URIs
+                warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+                dataset = mlflow.data.from_pandas(
+                    frame, source=source, targets=config.target, name=f"{config.name}-{context_name}"
+                )
             mlflow.log_input(dataset, context=context_name)
         mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config/training.yaml")
         mlflow.log_dict(tuning.summary(), "tuning/study.json")
