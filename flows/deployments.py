@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import cast
 
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
@@ -25,19 +26,26 @@ from tasks.settings import ConfigError, load_config
 def build_deployments(config_path: Path) -> list[RunnerDeployment]:
     config = load_config(config_path)
     tags = ["driftloop", config.name]
+    # `to_deployment` is sync-or-async by context; here it is sync, which mypy cannot see.
     return [
-        training.to_deployment(
-            name=config.name,
-            description=f"Train, gate and maybe promote {config.model_name}. {config.description}",
-            parameters={"config": config.model_dump(mode="json"), "reason": "manual"},
-            concurrency_limit=1,  # retrainings of one model run one at a time
-            tags=tags,
+        cast(
+            RunnerDeployment,
+            training.to_deployment(
+                name=config.name,
+                description=f"Train, gate and maybe promote {config.model_name}. {config.description}",
+                parameters={"config": config.model_dump(mode="json"), "reason": "manual"},
+                concurrency_limit=1,  # retrainings of one model run one at a time
+                tags=tags,
+            ),
         ),
-        rollback_flow.to_deployment(
-            name=config.name,
-            description=f"Put the previous champion of {config.model_name} back in production.",
-            parameters={"model_name": config.model_name},
-            tags=tags,
+        cast(
+            RunnerDeployment,
+            rollback_flow.to_deployment(
+                name=config.name,
+                description=f"Put the previous champion of {config.model_name} back in production.",
+                parameters={"model_name": config.model_name},
+                tags=tags,
+            ),
         ),
     ]
 

@@ -76,7 +76,9 @@ def evaluate(
             mlflow.log_dict(champion_report.slices, "evaluation/champion_slices.json")
     logger.info(
         "holdout (%d rows) %s: challenger %.4f, champion %s",
-        len(holdout), metric, challenger.overall[metric],
+        len(holdout),
+        metric,
+        challenger.overall[metric],
         "none" if champion_report is None else f"{champion_report.overall[metric]:.4f} (v{champion.version})",  # type: ignore[union-attr]
     )
     return Evaluation(

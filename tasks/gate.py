@@ -114,7 +114,9 @@ def decide(
     checks: list[Check] = []
 
     checks.append(
-        Check("finite metric", _finite(value), f"{metric} = {_fmt(value)}" if _finite(value) else f"{metric} is {value}")
+        Check(
+            "finite metric", _finite(value), f"{metric} = {_fmt(value)}" if _finite(value) else f"{metric} is {value}"
+        )
     )
     if rules.min_metric is not None:
         ok = _finite(value) and sign * (value - rules.min_metric) >= 0
@@ -123,7 +125,9 @@ def decide(
 
     champion_value: float | None = None
     if champion_error is not None:
-        checks.append(Check("beats champion", False, f"champion {champion_version} could not be scored: {champion_error}"))
+        checks.append(
+            Check("beats champion", False, f"champion {champion_version} could not be scored: {champion_error}")
+        )
     elif champion is None:
         checks.append(Check("first model", True, "no champion yet: nothing to compare against"))
     else:

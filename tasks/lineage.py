@@ -40,7 +40,10 @@ def git_revision(root: Path = REPO_ROOT) -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True, timeout=10,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -65,6 +68,10 @@ def prepare(config: TrainingConfig, window: TimeWindow, reason: str, stores: Sto
         config_sha256=config_sha256(config),
     )
     get_run_logger().info(
-        "training %s on %s (reason: %s, revision %s)", config.model_name, window.label(), reason, context.git_revision[:12]
+        "training %s on %s (reason: %s, revision %s)",
+        config.model_name,
+        window.label(),
+        reason,
+        context.git_revision[:12],
     )
     return context

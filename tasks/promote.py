@@ -119,12 +119,14 @@ def rollback(client: MlflowClient, name: str, reason: str, lock_dir: Path) -> De
 
 @task(cache_policy=NO_CACHE)
 def promote(candidate: Candidate, report: GateReport, compared_with: str | None, stores: Stores) -> Decision:
-    decision = apply_decision(
-        MlflowClient(), candidate.name, candidate.version, report, compared_with, stores.lock_dir
-    )
+    decision = apply_decision(MlflowClient(), candidate.name, candidate.version, report, compared_with, stores.lock_dir)
     get_run_logger().info(
         "%s version %s %s: %s (champion %s -> %s)",
-        decision.model_name, decision.version, decision.outcome, decision.reason,
-        decision.champion_before, decision.champion_after,
+        decision.model_name,
+        decision.version,
+        decision.outcome,
+        decision.reason,
+        decision.champion_before,
+        decision.champion_after,
     )
     return decision

@@ -198,10 +198,8 @@ class TuningConfig(Strict):
     n_trials: int = Field(ge=1, le=2000)
     timeout_seconds: int = Field(ge=1, le=86_400)
     seed: int = Field(42, ge=0)
-    iterations_per_step: int = Field(
-        50, ge=5, le=1000, description="boosting rounds between two pruning checks"
-    )
-    pruner: PrunerConfig = PrunerConfig()
+    iterations_per_step: int = Field(50, ge=5, le=1000, description="boosting rounds between two pruning checks")
+    pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     warm_start_from_champion: bool = True
     search_space: dict[str, ParamRange]
 
@@ -248,8 +246,8 @@ class TrainingConfig(Strict):
     window: TimeWindow
     split: SplitConfig
     slices: list[str] = Field(default_factory=list)
-    validation: ValidationConfig = ValidationConfig()
-    model: ModelConfig = ModelConfig()
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
     tuning: TuningConfig
     gate: GateConfig
 

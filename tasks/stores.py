@@ -37,15 +37,9 @@ class Stores:
         home = Path(env.get("DRIFTLOOP_HOME", DEFAULT_HOME)).expanduser().resolve()
         return cls(
             home=home,
-            mlflow_tracking_uri=env.get(
-                "DRIFTLOOP_MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
-            ),
-            mlflow_artifact_root=env.get(
-                "DRIFTLOOP_MLFLOW_ARTIFACT_ROOT", (home / "mlflow" / "artifacts").as_uri()
-            ),
-            optuna_storage=env.get(
-                "DRIFTLOOP_OPTUNA_STORAGE", f"journal:{home / 'optuna' / 'journal.log'}"
-            ),
+            mlflow_tracking_uri=env.get("DRIFTLOOP_MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
+            mlflow_artifact_root=env.get("DRIFTLOOP_MLFLOW_ARTIFACT_ROOT", (home / "mlflow" / "artifacts").as_uri()),
+            optuna_storage=env.get("DRIFTLOOP_OPTUNA_STORAGE", f"journal:{home / 'optuna' / 'journal.log'}"),
             data_uri=env.get("DRIFTLOOP_DATA_URI", (home / "data").as_uri()),
             lock_dir=Path(env.get("DRIFTLOOP_LOCK_DIR", str(home / "locks"))),
         )

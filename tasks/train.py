@@ -16,19 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.data
 import numpy as np
 import pandas as pd
 import sklearn
 import yaml
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.ingest import LandedBatch
+from tasks.lineage import RunContext
 from tasks.model import build_pipeline, features_and_target, predict_scores
 from tasks.registry import TAG_BEST_PARAMS, TAG_DECISION
-from tasks.lineage import RunContext
 from tasks.settings import TrainingConfig
 from tasks.split import Splits
 from tasks.stores import DataStore, Stores
@@ -121,9 +121,7 @@ def train(
         for frame, context_name in ((fit_frame, "training"), (splits.holdout, "holdout")):
             with warnings.catch_warnings():  # MLflow registers two equivalent sources for file:// URIs
                 warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-                dataset = mlflow.data.from_pandas(
-                    frame, source=source, targets=config.target, name=f"{config.name}-{context_name}"
-                )
+                dataset = from_pandas(frame, source=source, targets=config.target, name=f"{config.name}-{context_name}")
             mlflow.log_input(dataset, context=context_name)
         mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config/training.yaml")
         mlflow.log_dict(tuning.summary(), "tuning/study.json")

@@ -13,7 +13,8 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 import optuna
 from prefect import get_run_logger, task
@@ -167,22 +168,32 @@ def tune(
     """Run the search with a progress bar in the Prefect UI and one log line per trial."""
     logger = get_run_logger()
     budget = config.tuning.n_trials
-    progress = create_progress_artifact(0.0, description=f"Optuna study {study_name}")
+    progress = cast(UUID, create_progress_artifact(0.0, description=f"Optuna study {study_name}"))  # sync call
 
     def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         done = len(study.trials)
         update_progress_artifact(progress, min(100.0, 100.0 * done / budget))
         best = study.best_value if any(t.state.name == "COMPLETE" for t in study.trials) else math.nan
         logger.info(
-            "trial %d/%d %s %s=%s best=%.4f", done, budget, trial.state.name, config.gate.metric,
-            "-" if trial.value is None else f"{trial.value:.4f}", best,
+            "trial %d/%d %s %s=%s best=%.4f",
+            done,
+            budget,
+            trial.state.name,
+            config.gate.metric,
+            "-" if trial.value is None else f"{trial.value:.4f}",
+            best,
         )
 
     result = run_study(config, splits, stores.optuna_storage, study_name, champion_params, report)
     update_progress_artifact(progress, 100.0)
     logger.info(
         "study %s: %d trials (%d complete, %d pruned) in %.1fs, best %s=%.4f",
-        study_name, result.n_trials, result.n_complete, result.n_pruned, result.seconds,
-        config.gate.metric, result.best_value,
+        study_name,
+        result.n_trials,
+        result.n_complete,
+        result.n_pruned,
+        result.seconds,
+        config.gate.metric,
+        result.best_value,
     )
     return result

@@ -219,16 +219,16 @@ def quarantine_reason(batch: LandedBatch, failures: list[Failure]) -> dict[str, 
 
 
 @task(cache_policy=NO_CACHE)
-def validate(
-    config: TrainingConfig, batches: list[LandedBatch], window: TimeWindow, stores: Stores
-) -> pd.DataFrame:
+def validate(config: TrainingConfig, batches: list[LandedBatch], window: TimeWindow, stores: Stores) -> pd.DataFrame:
     """Validate every landed batch; quarantine the bad ones and stop, or return the window's rows."""
     logger = get_run_logger()
     store = DataStore(stores.data_uri)
     frames, failures, quarantined = [], [], []
     for batch in batches:
         try:
-            frame, batch_failures = check_frame(config, parse_batch(batch.name, store.read_bytes(batch.path)), batch.name)
+            frame, batch_failures = check_frame(
+                config, parse_batch(batch.name, store.read_bytes(batch.path)), batch.name
+            )
         except BatchReadError as error:
             batch_failures = [Failure(batch.name, None, f"readable: {error.problem}", None)]
         if batch_failures:

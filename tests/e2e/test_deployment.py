@@ -72,7 +72,10 @@ def world(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Iterator
     server_log = (root / "server.log").open("wb")
     server = subprocess.Popen(
         [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     serve_log = (root / "serve.log").open("wb")
     serving: subprocess.Popen[bytes] | None = None
@@ -81,7 +84,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Iterator
         env["PREFECT_API_URL"] = api
         serving = subprocess.Popen(
             [sys.executable, "-m", "flows.deployments", "--config", str(config_path)],
-            cwd=repo_root, env=env, stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=repo_root,
+            env=env,
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         wait_until(lambda: _deployment_exists(api, "training", "flights"), 120, "the training deployment")
         yield {"api": api, "env": env, "root": root, "serve": serving}
@@ -109,7 +116,11 @@ def _deployment_exists(api: str, flow: str, name: str) -> bool:
 
 def prefect_cli(world: dict[str, object], *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PREFECT, *args], env=world["env"], capture_output=True, text=True, timeout=timeout  # type: ignore[arg-type]
+        [PREFECT, *args],
+        env=world["env"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,  # type: ignore[arg-type]
     )
 
 
@@ -122,8 +133,17 @@ def test_deployments_are_listed(world: dict[str, object]) -> None:
 
 def test_deployment_run_trains_and_leaves_a_champion(world: dict[str, object]) -> None:
     run = prefect_cli(
-        world, "deployment", "run", "training/flights", "--param", "reason=e2e",
-        "--watch", "--watch-interval", "2", "--watch-timeout", "840",
+        world,
+        "deployment",
+        "run",
+        "training/flights",
+        "--param",
+        "reason=e2e",
+        "--watch",
+        "--watch-interval",
+        "2",
+        "--watch-timeout",
+        "840",
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Completed" in run.stdout
@@ -139,8 +159,13 @@ def test_deployment_run_trains_and_leaves_a_champion(world: dict[str, object]) -
 
 def test_bad_parameters_are_refused_before_a_run_starts(world: dict[str, object]) -> None:
     run = prefect_cli(
-        world, "deployment", "run", "training/flights",
-        "--param", 'config={"name": "flights", "surprise": 1}', timeout=120,
+        world,
+        "deployment",
+        "run",
+        "training/flights",
+        "--param",
+        'config={"name": "flights", "surprise": 1}',
+        timeout=120,
     )
     assert run.returncode != 0
     assert "validation" in (run.stdout + run.stderr).lower()

@@ -39,7 +39,9 @@ def with_changes(config: TrainingConfig, **sections: dict[str, Any]) -> Training
 @pytest.fixture(scope="session")
 def flights_config(repo_root: Path) -> TrainingConfig:
     """The shipped config with a small tuning budget: the same pipeline, a shorter search."""
-    return with_changes(load_config(repo_root / "configs" / "flights.yaml"), tuning={"n_trials": 4, "timeout_seconds": 120})
+    return with_changes(
+        load_config(repo_root / "configs" / "flights.yaml"), tuning={"n_trials": 4, "timeout_seconds": 120}
+    )
 
 
 @pytest.fixture(scope="session")

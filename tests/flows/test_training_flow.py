@@ -49,7 +49,9 @@ def test_first_run_promotes_a_champion_with_full_lineage(home: Path, flights_con
     assert run.data.metrics["holdout_roc_auc"] > 0.6
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config", "tuning", "gate", "reference", "evaluation"} <= artifacts
-    report = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gate/report.json")).read_text())
+    report = json.loads(
+        Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gate/report.json")).read_text()
+    )
     assert report["passed"] is True
     model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
     assert model.metadata.signature is not None
@@ -129,7 +131,8 @@ def test_bad_batch_is_quarantined_and_nothing_is_trained(
 
     assert state.is_failed()
     message = str(state.message)
-    assert "2013-01.csv" in message and "column is missing" in message
+    assert "2013-01.csv" in message
+    assert "column is missing" in message
     store = DataStore(Stores.from_env().data_uri)
     quarantined = store.listing("quarantine", config.name)
     assert any(p.endswith("2013-01.csv") for p in quarantined)
