@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 TaskType = Literal["binary", "multiclass", "regression"]
 
+# Metrics whose values lie in [0, 1]: margins on them above 1 can only be a typo.
+UNIT_INTERVAL_METRICS = {"roc_auc", "average_precision", "f1", "accuracy", "brier", "f1_macro"}
+
 # Metrics each task type may be gated on; True means higher is better.
 METRIC_DIRECTIONS: dict[TaskType, dict[str, bool]] = {
     "binary": {
@@ -219,8 +222,10 @@ class GateConfig(Strict):
 
     metric: str = Field(description="primary metric; must suit the task type")
     min_metric: float | None = Field(None, description="absolute floor (or ceiling, for lower-is-better)")
-    min_improvement: float = Field(0.0, ge=0.0, le=1.0, description="over the champion, in metric units")
-    max_slice_regression: float = Field(0.05, ge=0.0, le=1.0)
+    # In metric units. For metrics that live in [0, 1] the model below also caps these at 1;
+    # error metrics (rmse, mae, log_loss) are in the target's units, hence the looser bound here.
+    min_improvement: float = Field(0.0, ge=0.0, le=1e6, description="over the champion, in metric units")
+    max_slice_regression: float = Field(0.05, ge=0.0, le=1e6)
     min_slice_rows: int = Field(200, ge=1, description="smaller slices are reported, not gated")
 
     @field_validator("min_metric")
@@ -282,6 +287,10 @@ class TrainingConfig(Strict):
                 f"gate.metric {self.gate.metric!r} does not fit task {self.task!r}; "
                 f"choose one of {sorted(METRIC_DIRECTIONS[self.task])}"
             )
+        if self.gate.metric in UNIT_INTERVAL_METRICS:
+            for key in ("min_improvement", "max_slice_regression"):
+                if getattr(self.gate, key) > 1:
+                    problems.append(f"gate.{key}: {self.gate.metric} lies in [0, 1], so a margin above 1 is impossible")
         if overlap := set(self.model.params) & set(self.tuning.search_space):
             problems.append(f"parameters both fixed and tuned: {sorted(overlap)}")
         if problems:
