@@ -81,9 +81,12 @@ def test_identical_rerun_does_not_promote_and_says_why(home: Path, flights_confi
     assert "improvement" in second.reason
     name = flights_config.model_name
     assert champion_version(name) == first.version
-    tags = MlflowClient().get_model_version(name, second.version).tags
-    assert tags[TAG_DECISION] == "rejected"
-    assert "improvement" in tags[TAG_DECISION_REASON]
+    version = MlflowClient().get_model_version(name, second.version)
+    assert version.tags[TAG_DECISION] == "rejected"
+    assert "improvement" in version.tags[TAG_DECISION_REASON]
+    # The rerun's search started from the champion's parameters.
+    study = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/tuning/study.json")
+    assert study["warm_started"] is True
 
 
 def test_worse_model_is_rejected_and_champion_unchanged(
