@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
@@ -69,6 +70,9 @@ def null_ratio_check(limit: float) -> pa.Check:
     )
 
 
+FINITE = pa.Check(lambda series: ~np.isinf(series), ignore_na=True, name="finite")
+
+
 def build_schema(config: TrainingConfig) -> pa.DataFrameSchema:
     """The row-level contract of a batch, from the config alone."""
     rules = config.validation.columns
@@ -86,6 +90,8 @@ def build_schema(config: TrainingConfig) -> pa.DataFrameSchema:
         if 0 < max_null < 1:
             checks.append(null_ratio_check(max_null))
         numeric = name in config.features.numeric or (name == config.target and config.task != "multiclass")
+        if numeric:
+            checks.append(FINITE)  # inf passes pandas' NaN handling and most models silently
         if name == config.target:
             max_null = 0.0  # an unlabelled row cannot train or evaluate anything
             if config.task == "binary":
@@ -222,6 +228,8 @@ def quarantine_reason(batch: LandedBatch, failures: list[Failure]) -> dict[str, 
 def validate(config: TrainingConfig, batches: list[LandedBatch], window: TimeWindow, stores: Stores) -> pd.DataFrame:
     """Validate every landed batch; quarantine the bad ones and stop, or return the window's rows."""
     logger = get_run_logger()
+    if not batches:
+        raise ValueError(f"{config.name}: no batches to validate; the source landed nothing")
     store = DataStore(stores.data_uri)
     frames, failures, quarantined = [], [], []
     for batch in batches:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.rollback import rollback_flow
-from flows.training import training
+from flows.training import main, training
 from tasks.gate import artifact_key
 from tasks.promote import RollbackError
 from tasks.registry import CHAMPION, PREVIOUS, TAG_DECISION, TAG_DECISION_REASON
@@ -143,3 +144,23 @@ def test_bad_batch_is_quarantined_and_nothing_is_trained(
     assert store.listing("landed", config.name) == []
     mlflow.set_tracking_uri(Stores.from_env().mlflow_tracking_uri)
     assert MlflowClient().search_registered_models() == []
+
+
+def test_command_line_reports_a_bad_batch_in_one_clear_line_per_failure(
+    home: Path, tmp_path: Path, flights_config: TrainingConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = tmp_path / "incoming" / "2013-01.csv"
+    batch.parent.mkdir()
+    batch.write_bytes("time_hour,carrier,late\n2013-01-01T10:00:00Z,Zürich,1\n".encode("latin-1"))
+    config = flights_config.model_dump(mode="json")
+    config["source"] = {"kind": "files", "path": str(batch.parent)}
+    config_path = tmp_path / "bad.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    assert main(["--config", str(config_path)]) == 1
+
+    err = capsys.readouterr().err
+    assert "training stopped" in err
+    assert "2013-01.csv: table: readable: not UTF-8 text" in err
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
