@@ -139,7 +139,17 @@ def test_infinity_is_rejected_by_the_range_check(flights_config, good, column, v
 
     failures = failures_of(flights_config, good)
 
-    assert failures == [Failure(FILE, column, rule, 2, [value])]
+    assert failures == [Failure(FILE, column, rule, 2, [value]), Failure(FILE, column, "finite", 2, [value])]
+
+
+def test_infinity_is_rejected_where_no_bounds_are_declared(flights_config, good):
+    raw = flights_config.model_dump(mode="json")
+    del raw["validation"]["columns"]["temp"]  # temp now has no range and no null rule
+    unbounded = TrainingConfig.model_validate(raw)
+    good["temp"] = good["temp"].fillna(50.0)
+    good.loc[[3, 4, 5], "temp"] = np.inf
+
+    assert failures_of(unbounded, good) == [Failure(FILE, "temp", "finite", 3, [np.inf])]
 
 
 def test_duplicate_rows_break_the_unique_key(flights_config, good):
