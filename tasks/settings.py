@@ -179,6 +179,12 @@ MODEL_PARAMS = {
 }
 
 
+def only_model_params(names: dict[str, Any], what: str) -> dict[str, Any]:
+    if unknown := set(names) - MODEL_PARAMS:
+        raise ValueError(f"unknown {what} {sorted(unknown)}; allowed: {sorted(MODEL_PARAMS)}")
+    return names
+
+
 class ModelConfig(Strict):
     family: Literal["hist_gradient_boosting"] = "hist_gradient_boosting"
     params: dict[str, Any] = Field(default_factory=dict, description="fixed parameters, not tuned")
@@ -186,10 +192,7 @@ class ModelConfig(Strict):
     @field_validator("params")
     @classmethod
     def _known(cls, params: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(params) - MODEL_PARAMS
-        if unknown:
-            raise ValueError(f"unknown model parameters {sorted(unknown)}; allowed: {sorted(MODEL_PARAMS)}")
-        return params
+        return only_model_params(params, "model parameters")
 
 
 class PrunerConfig(Strict):
@@ -209,9 +212,7 @@ class TuningConfig(Strict):
     @field_validator("search_space")
     @classmethod
     def _known(cls, space: dict[str, ParamRange]) -> dict[str, ParamRange]:
-        unknown = set(space) - MODEL_PARAMS
-        if unknown:
-            raise ValueError(f"unknown search-space parameters {sorted(unknown)}; allowed: {sorted(MODEL_PARAMS)}")
+        only_model_params(space, "search-space parameters")
         if not space:
             raise ValueError("the search space is empty")
         return space
