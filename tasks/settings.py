@@ -237,6 +237,28 @@ class GateConfig(Strict):
         return value
 
 
+class MonitoringConfig(Strict):
+    """Drift policy: effect sizes and measured performance, never p-values alone.
+
+    Large windows make every p-value tiny, so a column counts as drifted when its distance
+    (Wasserstein for numbers, Jensen-Shannon for categories, both normalised to [0, 1]) exceeds
+    `column_threshold`; the data has drifted when the share of drifted features reaches
+    `drifted_share`, or the prediction drifts past `prediction_threshold`, or, once labels have
+    arrived, the primary metric fell by more than `max_performance_drop` below the holdout value
+    recorded at training. Fewer than `min_rows` rows is "insufficient data", never "no drift".
+    """
+
+    window_days: int = Field(7, ge=1, le=366, description="recent window of the inference log to check")
+    min_rows: int = Field(500, ge=1)
+    column_threshold: float = Field(0.1, gt=0.0, le=1.0)
+    drifted_share: float = Field(0.3, gt=0.0, le=1.0)
+    prediction_threshold: float = Field(0.1, gt=0.0, le=1.0)
+    max_performance_drop: float = Field(0.03, ge=0.0, le=1e6, description="in metric units")
+    min_labelled_rows: int = Field(500, ge=1)
+    cooldown_hours: float = Field(24.0, ge=0.0, le=24 * 366, description="no second alert within this time")
+    retrain_window_days: int = Field(59, ge=7, le=3660, description="trailing window a drift retrain uses")
+
+
 class TrainingConfig(Strict):
     """Everything the training flow needs to know about one dataset."""
 
@@ -256,6 +278,7 @@ class TrainingConfig(Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     tuning: TuningConfig
     gate: GateConfig
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @field_validator("name", "model_name")
     @classmethod
