@@ -68,7 +68,9 @@ class DataStore:
     deleted, to quarantine/ next to a JSON file that says why.
     """
 
-    AREAS = ("landed", "quarantine", "processed")
+    # landed/quarantine/processed: batches; inference: the scored log; labels: delayed labels;
+    # monitoring: drift-check results and alerts; reports: Evidently HTML reports.
+    AREAS = ("landed", "quarantine", "processed", "inference", "labels", "monitoring", "reports")
 
     def __init__(self, root_uri: str) -> None:
         self.root_uri = root_uri.rstrip("/")
@@ -89,6 +91,22 @@ class DataStore:
             self.fs.pipe_file(tmp, data)
             self.fs.mv(tmp, path)  # readers never see a half-written batch
         return path, digest
+
+    def put(self, area: str, dataset: str, name: str, data: bytes) -> str:
+        """Write (or replace) one object atomically; `name` may contain `/` for sub-folders."""
+        path = self._path(area, dataset, name)
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        tmp = f"{path}.partial"
+        self.fs.pipe_file(tmp, data)
+        self.fs.mv(tmp, path)
+        return path
+
+    def find(self, area: str, dataset: str, suffix: str = "") -> list[str]:
+        """Every object under area/dataset (recursively) whose name ends with `suffix`, sorted."""
+        folder = self._path(area, dataset)
+        if not self.fs.exists(folder):
+            return []
+        return sorted(p for p in self.fs.find(folder) if p.endswith(suffix) and not p.endswith(".partial"))
 
     def read_bytes(self, path: str) -> bytes:
         return bytes(self.fs.cat_file(path))
