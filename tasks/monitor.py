@@ -1,0 +1,201 @@
+"""Monitor: has production data drifted from what the champion was trained on? (tasks/drift.py)
+
+This is the Prefect stage around the drift module: it loads the data, decides with reasons,
+and publishes the report, the summary and the numbers.
+
+Reference data is the champion's own: the sample of its training data, with its predictions,
+that tasks/train.py logged next to the model. The holdout value of the gate metric recorded at
+training is the baseline for measured performance once labels arrive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.drift import (
+    DriftDecision,
+    DriftResult,
+    decide_drift,
+    drift_report,
+    last_alert_at,
+    performance_check,
+    record_alert,
+    save_report_html,
+    summary_markdown,
+)
+from tasks.inference_log import InferenceLog
+from tasks.notify import emit_drift_event, notify_people
+from tasks.registry import VersionRef, ensure_experiment
+from tasks.settings import TimeWindow, TrainingConfig
+from tasks.stores import DataStore, Stores
+
+REFERENCE_ARTIFACT = "reference/reference.parquet"
+
+
+@dataclass(frozen=True)
+class Reference:
+    frame: pd.DataFrame
+    model_version: str
+    run_id: str
+    holdout_value: float
+
+
+@dataclass(frozen=True)
+class MonitoringOutcome:
+    model_name: str
+    model_version: str | None
+    window: TimeWindow
+    as_of: datetime
+    decision: DriftDecision
+    result: DriftResult | None
+    report_path: str | None
+    event_id: str | None = None
+
+    @property
+    def status(self) -> str:
+        return self.decision.status
+
+
+def check_window(as_of: datetime, days: int) -> TimeWindow:
+    """The `days` whole days that end at `as_of` (exclusive), as a half-open window."""
+    end = as_of.astimezone(UTC).date()
+    return TimeWindow(start=end - timedelta(days=days), end=end)
+
+
+def retrain_window(as_of: datetime, days: int) -> TimeWindow:
+    return check_window(as_of, days)
+
+
+@task(cache_policy=NO_CACHE)
+def load_reference(config: TrainingConfig, champion: VersionRef) -> Reference:
+    """The champion's reference sample and the holdout value of the gate metric it was promoted with."""
+    if champion.run_id is None:
+        raise ValueError(f"{champion.uri} has no run: it was not trained by driftloop, so it has no reference")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=champion.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp
+        )
+        frame = pd.read_parquet(path)
+    metrics = MlflowClient().get_run(champion.run_id).data.metrics
+    holdout = metrics.get(f"holdout_{config.gate.metric}", math.nan)
+    return Reference(frame=frame, model_version=champion.version, run_id=champion.run_id, holdout_value=holdout)
+
+
+@task(cache_policy=NO_CACHE)
+def recent_window(config: TrainingConfig, stores: Stores, as_of: datetime) -> tuple[pd.DataFrame, TimeWindow]:
+    """The inference log's rows in the check window, delayed labels joined where they arrived."""
+    window = check_window(as_of, config.monitoring.window_days)
+    log = InferenceLog(DataStore(stores.data_uri), config)
+    frame = log.read(pd.Timestamp(window.start, tz="UTC"), pd.Timestamp(window.end, tz="UTC"))
+    get_run_logger().info("inference log %s: %d rows", window.label(), len(frame))
+    return frame, window
+
+
+@task(cache_policy=NO_CACHE)
+def check_drift(
+    config: TrainingConfig,
+    reference: Reference,
+    current: pd.DataFrame,
+    window: TimeWindow,
+    as_of: datetime,
+    stores: Stores,
+) -> MonitoringOutcome:
+    """Report, decide, and publish: HTML report, Prefect artifacts, numbers in MLflow."""
+    logger = get_run_logger()
+    store = DataStore(stores.data_uri)
+    result, snapshot = drift_report(reference.frame, current, config)
+    performance = performance_check(current, config, reference.holdout_value) if len(current) else None
+    result = dataclasses.replace(result, performance=performance)
+    decision = decide_drift(result, config.monitoring, last_alert_at(store, config.name, config.model_name), as_of)
+
+    report_path = None
+    if snapshot is not None:
+        report_path = save_report_html(snapshot, store, config.name, f"drift-{config.model_name}-{window.label()}")
+        create_link_artifact(
+            link=store.uri(report_path),
+            link_text=f"Evidently drift report {window.label()}",
+            key=f"drift-report-{_slug(config.model_name)}",
+        )
+    title = f"Drift check: {config.model_name} v{reference.model_version}, {window.label()}"
+    markdown = summary_markdown(result, decision, store.uri(report_path) if report_path else None, title)
+    create_markdown_artifact(markdown, key=f"drift-{_slug(config.model_name)}", description=title)
+    _log_to_mlflow(stores, config, reference, result, decision, window, as_of, markdown, report_path)
+    logger.info("drift check %s: %s (%s)", window.label(), decision.status, "; ".join(decision.reasons))
+    return MonitoringOutcome(
+        model_name=config.model_name,
+        model_version=reference.model_version,
+        window=window,
+        as_of=as_of,
+        decision=decision,
+        result=result,
+        report_path=report_path,
+    )
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower())
+
+
+def _log_to_mlflow(
+    stores: Stores,
+    config: TrainingConfig,
+    reference: Reference,
+    result: DriftResult,
+    decision: DriftDecision,
+    window: TimeWindow,
+    as_of: datetime,
+    markdown: str,
+    report_path: str | None,
+) -> None:
+    """One run per check in `<model>-monitoring`, so drift can be followed over time."""
+    experiment_id = ensure_experiment(stores, f"{config.model_name}-monitoring")
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"drift {window.label()}"):
+        mlflow.set_tags(
+            {
+                "driftloop.status": decision.status,
+                "driftloop.window": window.label(),
+                "driftloop.model_version": reference.model_version,
+                "driftloop.as_of": as_of.isoformat(),
+            }
+        )
+        metrics = {k: v for k, v in result.metrics().items() if isinstance(v, int | float) and math.isfinite(v)}
+        mlflow.log_metrics(metrics, timestamp=int(as_of.timestamp() * 1000))
+        mlflow.log_dict(result.to_dict(), "drift/result.json")
+        mlflow.log_text(markdown, "drift/summary.md")
+        if report_path is not None and Path(report_path).exists():
+            mlflow.log_artifact(report_path, artifact_path="drift")
+
+
+@task(cache_policy=NO_CACHE)
+def raise_alert(config: TrainingConfig, outcome: MonitoringOutcome, stores: Stores) -> str | None:
+    """Emit the drift event (it starts retraining), remember the alert for the cool-down, tell people."""
+    store = DataStore(stores.data_uri)
+    retrain = retrain_window(outcome.as_of, config.monitoring.retrain_window_days)
+    payload = {
+        "model": config.model_name,
+        "model_version": outcome.model_version,
+        "checked_window": outcome.window.model_dump(mode="json"),
+        "retrain_window": retrain.model_dump(mode="json"),
+        "reasons": outcome.decision.reasons,
+        "scores": outcome.result.metrics() if outcome.result else {},
+        "report": store.uri(outcome.report_path) if outcome.report_path else None,
+    }
+    event_id = emit_drift_event(model_name=config.model_name, payload=payload)
+    record_alert(store, config.name, config.model_name, outcome.as_of, {**payload, "event_id": event_id})
+    notify_people(
+        title=f"driftloop: drift on {config.model_name}",
+        body="\n".join([f"window {outcome.window.label()}", *outcome.decision.reasons, "retraining requested"]),
+    )
+    return event_id

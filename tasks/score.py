@@ -1,0 +1,111 @@
+"""Score: the champion predicts a validated batch, and every prediction goes to the inference log.
+
+The model comes only from the registry (`models:/<name>/<version>`), never from a local file, so
+what was scored is always traceable to a registered version. Labels arrive later and are
+recorded by `record_labels`; the inference log joins them on the row key when it is read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.inference_log import CONFIDENCE, PREDICTION, InferenceLog
+from tasks.model import model_classes, predict_scores
+from tasks.registry import VersionRef
+from tasks.settings import TrainingConfig
+from tasks.stores import DataStore, Stores
+
+
+@dataclass(frozen=True)
+class ScoringResult:
+    batch_id: str
+    rows: int
+    model_name: str
+    model_version: str
+    log_path: str
+    scored_at: datetime
+
+
+def score_frame(model: Any, features: pd.DataFrame, config: TrainingConfig) -> tuple[pd.Series, pd.Series | None]:
+    """Predictions for every row of `features`, indexed like it; confidence only for multiclass.
+
+    Binary: P(positive) as float. Regression: the predicted value. Multiclass: the predicted
+    class (str) and its probability, the largest class probability. Columns other than the
+    config's features are ignored. Pure: the model is only asked to predict.
+    """
+    missing = [c for c in config.features.all if c not in features.columns]
+    if missing:
+        raise ValueError(f"{config.name}: cannot score, features missing: {missing}")
+    x = features[config.features.all]
+    if config.task != "multiclass":
+        values = predict_scores(model, x, config.task) if len(x) else np.empty(0)
+        return pd.Series(values, index=features.index, name=PREDICTION, dtype="float64"), None
+    classes = model_classes(model)
+    if classes is None:
+        raise ValueError("a multiclass model must expose classes_")
+    if not len(x):
+        return (
+            pd.Series([], index=features.index, name=PREDICTION, dtype="object"),
+            pd.Series([], index=features.index, name=CONFIDENCE, dtype="float64"),
+        )
+    proba = predict_scores(model, x, "multiclass")
+    best = np.argmax(proba, axis=1)
+    labels = pd.Series([str(c) for c in np.asarray(classes, dtype=object)[best]], index=features.index, name=PREDICTION)
+    confidence = pd.Series(proba.max(axis=1), index=features.index, name=CONFIDENCE, dtype="float64")
+    return labels, confidence
+
+
+@task(cache_policy=NO_CACHE)
+def score(
+    config: TrainingConfig, frame: pd.DataFrame, batch_id: str, champion: VersionRef | None, stores: Stores
+) -> ScoringResult:
+    """Score a validated batch with the registered champion and append it to the inference log.
+
+    The caller configures MLflow (tracking and registry URIs) and decides what to do when there
+    is no champion; this task refuses `champion=None`. Re-scoring a batch id replaces its rows.
+    """
+    if champion is None:
+        raise ValueError(
+            f"{config.name}: no champion to score batch {batch_id!r} with; "
+            f"train and promote a version of {config.model_name!r} first"
+        )
+    if champion.name != config.model_name:
+        raise ValueError(f"champion {champion.uri} is not a version of this config's model {config.model_name!r}")
+    logger = get_run_logger()
+    model = mlflow.sklearn.load_model(champion.uri)
+    predictions, confidence = score_frame(model, frame, config)
+    scored_at = datetime.now(UTC)
+    path = InferenceLog(DataStore(stores.data_uri), config).append(
+        frame,
+        predictions,
+        batch_id=batch_id,
+        model_name=champion.name,
+        model_version=champion.version,
+        scored_at=scored_at,
+        confidence=confidence,
+    )
+    logger.info("scored %d rows of batch %s with %s; logged to %s", len(frame), batch_id, champion.uri, path)
+    return ScoringResult(
+        batch_id=batch_id,
+        rows=len(frame),
+        model_name=champion.name,
+        model_version=champion.version,
+        log_path=path,
+        scored_at=scored_at,
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def record_labels(config: TrainingConfig, labels: pd.DataFrame, batch_id: str, stores: Stores) -> str:
+    """Record delayed labels (row key + target) for a batch; returns the path written."""
+    path = InferenceLog(DataStore(stores.data_uri), config).record_labels(labels, batch_id)
+    get_run_logger().info("recorded %d label(s) for batch %s at %s", len(labels), batch_id, path)
+    return path
