@@ -25,10 +25,12 @@ from mlflow.models import infer_signature
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.inference_log import CONFIDENCE, PREDICTION
 from tasks.ingest import LandedBatch
 from tasks.lineage import RunContext
 from tasks.model import build_pipeline, features_and_target, predict_scores
 from tasks.registry import TAG_BEST_PARAMS, TAG_DECISION
+from tasks.score import score_frame
 from tasks.settings import TrainingConfig
 from tasks.split import Splits
 from tasks.stores import DataStore, Stores
@@ -134,8 +136,7 @@ def train(
                 "tuning_seconds": tuning.seconds,
             }
         )
-        reference = fit_frame.sample(min(len(fit_frame), REFERENCE_ROWS), random_state=config.tuning.seed)
-        _log_frame(reference.sort_values(config.timestamp), "reference/reference.parquet")
+        _log_frame(reference_sample(config, pipeline, fit_frame), "reference/reference.parquet")
 
         example = features.head(5)
         signature = infer_signature(example, predict_scores(pipeline, example, config.task))
@@ -164,6 +165,16 @@ def train(
         )
     logger.info("registered %s version %s (run %s)", config.model_name, version.version, run.info.run_id)
     return Candidate(config.model_name, str(version.version), run.info.run_id, params)
+
+
+def reference_sample(config: TrainingConfig, pipeline: Any, fit_frame: pd.DataFrame) -> pd.DataFrame:
+    """What monitoring compares production with: training rows and this model's predictions on them."""
+    sample = fit_frame.sample(min(len(fit_frame), REFERENCE_ROWS), random_state=config.tuning.seed)
+    prediction, confidence = score_frame(pipeline, sample, config)
+    sample = sample.assign(**{PREDICTION: prediction})
+    if confidence is not None:
+        sample[CONFIDENCE] = confidence
+    return sample.sort_values(config.timestamp).reset_index(drop=True)
 
 
 def _log_frame(frame: pd.DataFrame, artifact_path: str) -> None:
