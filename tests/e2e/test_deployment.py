@@ -1,171 +1,134 @@
-"""End to end: a real `prefect server`, the deployments served by `python -m flows.deployments`,
-and a training run started the way a person starts one: `prefect deployment run`."""
+"""End to end on a real `prefect server` with the deployments served by `python -m flows.deployments`:
+runs started the way a person starts them (`prefect deployment run`), and drift that starts
+retraining through the server's event trigger, with nobody in between."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 from mlflow import MlflowClient
 
+from flows.local_stack import PREFECT, LocalStack, local_stack, wait_until
 from tasks.registry import CHAMPION
+from tasks.settings import load_config
 from tasks.stores import Stores
+from tests.shifts import february_moved_to_june_with_summer_weather
 
 pytestmark = pytest.mark.e2e
 
-PREFECT = str(Path(sys.executable).parent / "prefect")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(1)
-    raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f}s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+MODEL = "flights-late-arrival"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Iterator[dict[str, object]]:
-    """A Prefect server and a serving process with their own homes; stopped serve-first."""
+def world(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Iterator[LocalStack]:
+    """A Prefect server and a serving process with their own homes, for this module."""
     root = tmp_path_factory.mktemp("e2e")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(root / "prefect"),
-        "DRIFTLOOP_HOME": str(root / "home"),
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-    }
-    env.pop("PREFECT_API_URL", None)
-    (root / "prefect").mkdir()
     config = yaml.safe_load((repo_root / "configs" / "flights.yaml").read_text())
     config["tuning"].update({"n_trials": 3, "timeout_seconds": 120})
     config_path = root / "flights.yaml"
     config_path.write_text(yaml.safe_dump(config))
-
-    server_log = (root / "server.log").open("wb")
-    server = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=server_log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    serve_log = (root / "serve.log").open("wb")
-    serving: subprocess.Popen[bytes] | None = None
-    try:
-        wait_until(lambda: _healthy(f"{api}/health"), 120, "the Prefect server")
-        env["PREFECT_API_URL"] = api
-        serving = subprocess.Popen(
-            [sys.executable, "-m", "flows.deployments", "--config", str(config_path)],
-            cwd=repo_root,
-            env=env,
-            stdout=serve_log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        wait_until(lambda: _deployment_exists(api, "training", "flights"), 120, "the training deployment")
-        yield {"api": api, "env": env, "root": root, "serve": serving}
-    finally:
-        if serving is not None:
-            stop(serving)  # workers and serving processes stop before the server
-        stop(server)
-        server_log.close()
-        serve_log.close()
+    with local_stack(root / "home", [config_path]) as stack:
+        yield stack
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+def prefect_cli(world: LocalStack, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PREFECT, *args], env=world.env, capture_output=True, text=True, timeout=timeout)
 
 
-def _deployment_exists(api: str, flow: str, name: str) -> bool:
-    try:
-        return httpx.get(f"{api}/deployments/name/{flow}/{name}", timeout=5).status_code == 200
-    except httpx.HTTPError:
-        return False
+def registry(world: LocalStack) -> MlflowClient:
+    stores = Stores.from_env(world.env)
+    return MlflowClient(tracking_uri=stores.mlflow_tracking_uri, registry_uri=stores.mlflow_tracking_uri)
 
 
-def prefect_cli(world: dict[str, object], *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [PREFECT, *args],
-        env=world["env"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,  # type: ignore[arg-type]
-    )
+def training_runs(world: LocalStack) -> list[dict[str, Any]]:
+    deployment = httpx.get(f"{world.api_url}/deployments/name/training/flights", timeout=10).json()
+    body = {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}, "sort": "EXPECTED_START_TIME_ASC"}
+    return list(httpx.post(f"{world.api_url}/flow_runs/filter", json=body, timeout=10).json())
 
 
-def test_deployments_are_listed(world: dict[str, object]) -> None:
+def test_all_deployments_are_listed(world: LocalStack) -> None:
     listing = prefect_cli(world, "deployment", "ls", timeout=60)
     assert listing.returncode == 0, listing.stderr
-    assert "training/flights" in listing.stdout
-    assert "rollback/flights" in listing.stdout
+    for name in ("training/flights", "scoring/flights", "monitoring/flights", "rollback/flights"):
+        assert name in listing.stdout
 
 
-def test_deployment_run_trains_and_leaves_a_champion(world: dict[str, object]) -> None:
+def test_deployment_run_trains_and_leaves_a_champion(world: LocalStack) -> None:
     run = prefect_cli(
-        world,
-        "deployment",
-        "run",
-        "training/flights",
-        "--param",
-        "reason=e2e",
-        "--watch",
-        "--watch-interval",
-        "2",
-        "--watch-timeout",
-        "840",
-    )
+        world, "deployment", "run", "training/flights", "--param", "reason=e2e",
+        "--watch", "--watch-interval", "2", "--watch-timeout", "840",
+    )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Completed" in run.stdout
-
-    env = world["env"]
-    assert isinstance(env, dict)
-    stores = Stores.from_env(env)
-    client = MlflowClient(tracking_uri=stores.mlflow_tracking_uri, registry_uri=stores.mlflow_tracking_uri)
-    champion = client.get_model_version_by_alias("flights-late-arrival", CHAMPION)
+    champion = registry(world).get_model_version_by_alias(MODEL, CHAMPION)
     assert champion.tags["driftloop.reason"] == "e2e"
     assert champion.tags["driftloop.decision"] == "promoted"
 
 
-def test_bad_parameters_are_refused_before_a_run_starts(world: dict[str, object]) -> None:
+def test_bad_parameters_are_refused_before_a_run_starts(world: LocalStack) -> None:
     run = prefect_cli(
-        world,
-        "deployment",
-        "run",
-        "training/flights",
-        "--param",
-        'config={"name": "flights", "surprise": 1}',
+        world, "deployment", "run", "training/flights", "--param", 'config={"name": "flights", "surprise": 1}',
         timeout=120,
-    )
+    )  # fmt: skip
     assert run.returncode != 0
     assert "validation" in (run.stdout + run.stderr).lower()
+
+
+def test_drift_starts_retraining_through_the_trigger_once(world: LocalStack, repo_root: Path) -> None:
+    """Monitoring on a shifted window emits the event; the server's trigger starts a training run
+    of the served deployment, which completes and records its decision; an alert inside the
+    cool-down starts nothing."""
+    config = load_config(repo_root / "configs" / "flights.yaml")
+    shifted = february_moved_to_june_with_summer_weather(config)
+    folder = Path(world.logs.parent / "incoming")
+    folder.mkdir(exist_ok=True)
+    shifted.to_csv(folder / "2013-06-shifted.csv", index=False)
+    files_config = {**config.model_dump(mode="json"), "source": {"kind": "files", "path": str(folder)}}
+    files_config_path = world.logs.parent / "files.yaml"
+    files_config_path.write_text(yaml.safe_dump(files_config))
+    scored = subprocess.run(
+        [sys.executable, "-m", "flows.scoring", "--config", str(files_config_path)],
+        cwd=repo_root, env=world.env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    before = len(training_runs(world))
+
+    check = prefect_cli(
+        world, "deployment", "run", "monitoring/flights", "--param", "as_of=2013-06-30T00:00:00+00:00",
+        "--watch", "--watch-interval", "2", "--watch-timeout", "600",
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+
+    wait_until(lambda: len(training_runs(world)) > before, 60, "the triggered training run")
+    triggered = training_runs(world)[-1]
+    assert triggered["parameters"]["reason"].startswith("drift event ")
+    assert triggered["parameters"]["window"] == {"start": "2013-05-02", "end": "2013-06-30"}
+    assert triggered["created_by"]["type"] == "AUTOMATION"
+
+    def finished() -> bool:
+        state = httpx.get(f"{world.api_url}/flow_runs/{triggered['id']}", timeout=10).json()["state"]
+        return state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+    wait_until(finished, 600, "the triggered training run to finish")
+    state = httpx.get(f"{world.api_url}/flow_runs/{triggered['id']}", timeout=10).json()["state"]
+    assert state["type"] == "COMPLETED", state
+    versions = registry(world).search_model_versions(f"name='{MODEL}'")
+    retrained = [v for v in versions if v.tags.get("driftloop.reason", "").startswith("drift event ")]
+    assert len(retrained) == 1
+    assert retrained[0].tags["driftloop.decision"] in {"promoted", "rejected"}
+
+    again = prefect_cli(
+        world, "deployment", "run", "monitoring/flights", "--param", "as_of=2013-06-30T01:00:00+00:00",
+        "--watch", "--watch-interval", "2", "--watch-timeout", "600",
+    )  # fmt: skip
+    assert again.returncode == 0
+    time.sleep(8)  # longer than the serving process's poll interval: a run would have appeared
+    assert len(training_runs(world)) == before + 1

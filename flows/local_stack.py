@@ -1,0 +1,117 @@
+"""A real local Prefect stack for one process's lifetime: `prefect server start` plus the process
+serving driftloop's deployments, both on loopback, both stopped (serving first) on exit.
+
+Used by the replay (`make run`) and the end-to-end tests, so the drift event really travels
+server -> trigger -> served deployment, exactly as under `make up`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PREFECT = str(Path(sys.executable).parent / "prefect")
+DEPLOYMENTS_PER_CONFIG = 4  # training, scoring, monitoring, rollback (flows/deployments.py)
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    api_url: str
+    env: dict[str, str]
+    logs: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, every: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(every)
+    raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f}s")
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after 30 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@contextmanager
+def local_stack(home: Path, configs: list[Path], poll_seconds: int = 2) -> Iterator[LocalStack]:
+    """Start a server with its own PREFECT_HOME under `home`, serve the configs' deployments."""
+    logs = home / "run"
+    logs.mkdir(parents=True, exist_ok=True)
+    (home / "prefect").mkdir(parents=True, exist_ok=True)
+    api = f"http://127.0.0.1:{free_port()}/api"
+    env = {
+        **os.environ,
+        "DRIFTLOOP_HOME": str(home),
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_RUNNER_POLL_FREQUENCY": str(poll_seconds),  # triggered runs start within seconds
+    }
+    env.pop("PREFECT_API_URL", None)
+    port = api.rsplit(":", 1)[1].split("/")[0]
+    with (logs / "prefect-server.log").open("wb") as server_log, (logs / "serve.log").open("wb") as serve_log:
+        server = subprocess.Popen(
+            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port],
+            env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        serving: subprocess.Popen[bytes] | None = None
+        try:
+            wait_until(lambda: answers(f"{api}/health"), 120, f"the Prefect server (log: {logs}/prefect-server.log)")
+            env["PREFECT_API_URL"] = api
+            config_args = [arg for path in configs for arg in ("--config", str(path))]
+            serving = subprocess.Popen(
+                [sys.executable, "-m", "flows.deployments", *config_args],
+                cwd=REPO_ROOT, env=env, stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+            expected = DEPLOYMENTS_PER_CONFIG * len(configs)
+            wait_until(
+                lambda: _served(api, serving, expected), 180, f"the deployments to be served (log: {logs}/serve.log)"
+            )
+            yield LocalStack(api_url=api, env=env, logs=logs)
+        finally:
+            if serving is not None:
+                stop(serving)  # serving processes stop before the server
+            stop(server)
+
+
+def _served(api: str, serving: subprocess.Popen[bytes], expected: int) -> bool:
+    if serving.poll() is not None:
+        raise RuntimeError(f"the serving process exited with code {serving.returncode}")
+    try:
+        response = httpx.post(f"{api}/deployments/filter", json={"limit": 50}, timeout=5)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and len(response.json()) >= expected
