@@ -1,5 +1,7 @@
-"""A real local Prefect stack for one process's lifetime: `prefect server start` plus the process
-serving driftloop's deployments, both on loopback, both stopped (serving first) on exit.
+"""A real local Prefect stack for one process's lifetime: a server and the served deployments.
+
+`prefect server start` plus the process serving driftloop's deployments, both on loopback,
+both stopped (serving first) on exit.
 
 Used by the replay (`make run`) and the end-to-end tests, so the drift event really travels
 server -> trigger -> served deployment, exactly as under `make up`.
