@@ -18,7 +18,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export PREFECT_PORT ?= 4200
 export MLFLOW_PORT ?= 5000
 
-.PHONY: help venv lock run test test-fast lint typecheck check up down status rollback clean
+.PHONY: help venv lock run train test test-fast lint typecheck check up down status rollback clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
@@ -37,7 +37,11 @@ lock: venv ## re-resolve requirements.lock from pyproject.toml (then commit it)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --quiet -o requirements.lock
 
-run: venv ## the main job: one training run on January-February 2013 flights
+run: venv ## the main job: replay 2013 through the whole loop on a local Prefect server
+	@mkdir -p $(PREFECT_HOME)
+	$(BIN)/python -m flows.replay --config $(CONFIG)
+
+train: venv ## one training run on the config's window (January-February 2013 flights)
 	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m flows.training --config $(CONFIG)
 

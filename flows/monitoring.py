@@ -43,8 +43,11 @@ def monitoring(config: TrainingConfig, as_of: datetime | None = None) -> Monitor
     )
     if not outcome.decision.retrain:
         return outcome
-    event_id = raise_alert(config=config, outcome=outcome, stores=stores)
-    return dataclasses.replace(outcome, event_id=event_id)
+    emitted = raise_alert(config=config, outcome=outcome, stores=stores)
+    if emitted is None:
+        return outcome
+    event_id, event_at = emitted
+    return dataclasses.replace(outcome, event_id=event_id, event_at=event_at)
 
 
 def main(argv: list[str] | None = None) -> int:

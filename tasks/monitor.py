@@ -62,6 +62,7 @@ class MonitoringOutcome:
     result: DriftResult | None
     report_path: str | None
     event_id: str | None = None
+    event_at: datetime | None = None
 
     @property
     def status(self) -> str:
@@ -179,7 +180,7 @@ def _log_to_mlflow(
 
 
 @task(cache_policy=NO_CACHE)
-def raise_alert(config: TrainingConfig, outcome: MonitoringOutcome, stores: Stores) -> str | None:
+def raise_alert(config: TrainingConfig, outcome: MonitoringOutcome, stores: Stores) -> tuple[str, datetime] | None:
     """Emit the drift event (it starts retraining), remember the alert for the cool-down, tell people."""
     store = DataStore(stores.data_uri)
     retrain = retrain_window(outcome.as_of, config.monitoring.retrain_window_days)
@@ -192,10 +193,11 @@ def raise_alert(config: TrainingConfig, outcome: MonitoringOutcome, stores: Stor
         "scores": outcome.result.metrics() if outcome.result else {},
         "report": store.uri(outcome.report_path) if outcome.report_path else None,
     }
-    event_id = emit_drift_event(model_name=config.model_name, payload=payload)
+    emitted = emit_drift_event(model_name=config.model_name, payload=payload)
+    event_id = emitted[0] if emitted else None
     record_alert(store, config.name, config.model_name, outcome.as_of, {**payload, "event_id": event_id})
     notify_people(
         title=f"driftloop: drift on {config.model_name}",
         body="\n".join([f"window {outcome.window.label()}", *outcome.decision.reasons, "retraining requested"]),
     )
-    return event_id
+    return emitted

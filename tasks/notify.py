@@ -14,6 +14,7 @@ an event, a parameter, a tag or a report.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from typing import Any
 
 from prefect import get_run_logger
@@ -27,12 +28,14 @@ def model_resource(model_name: str) -> dict[str, str]:
     return {"prefect.resource.id": f"driftloop.model.{model_name}", "prefect.resource.name": model_name}
 
 
-def emit_drift_event(model_name: str, payload: dict[str, Any]) -> str | None:
-    """Emit the event the training deployment's trigger waits for; returns the event id."""
+def emit_drift_event(model_name: str, payload: dict[str, Any]) -> tuple[str, datetime] | None:
+    """Emit the event the training deployment's trigger waits for; returns its id and time."""
     event = emit_event(event=DRIFT_EVENT, resource=model_resource(model_name), payload=payload)
-    event_id = str(event.id) if event is not None else None
-    get_run_logger().info("emitted %s for %s (event %s)", DRIFT_EVENT, model_name, event_id)
-    return event_id
+    if event is None:  # events are disabled in this process: nothing will be triggered
+        get_run_logger().warning("%s for %s was NOT emitted: events are disabled here", DRIFT_EVENT, model_name)
+        return None
+    get_run_logger().info("emitted %s for %s (event %s)", DRIFT_EVENT, model_name, event.id)
+    return str(event.id), event.occurred
 
 
 def notify_people(title: str, body: str) -> int:
