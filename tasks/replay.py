@@ -173,9 +173,10 @@ def plot_quality(rows: list[PeriodRow], metric: str, path: Path) -> Path:
     ax.plot(months, [r.static for r in rows], marker="s", linestyle="--", label="static (never retrained)")
     ax.plot(months, [r.always for r in rows], marker="^", linestyle=":", label="retrain every month, no gate")
     for i, r in enumerate(rows):
-        if r.retrain_started:
-            ax.axvline(i, color="grey", alpha=0.25, linewidth=6)
-    ax.set_title(f"2013 replay: {metric} of each month's champion on that month (shaded: drift retrain)")
+        if r.retrain_started:  # drift found at the end of month i: the retrained model serves month i+1
+            ax.axvline(i + 0.5, color="grey", alpha=0.3, linewidth=4)
+    ax.plot([], [], color="grey", alpha=0.3, linewidth=4, label="drift found: retrain before next month")
+    ax.set_title(f"2013 replay: {metric} of each month's champion on that month")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
@@ -200,7 +201,7 @@ def publish_replay(config: TrainingConfig, rows: list[PeriodRow], stores: Stores
     footer = (
         f"\nMean {config.gate.metric} over the months: loop {mean['loop']:.4f}, static {mean['static']:.4f}, "
         f"always retrain {mean['always']:.4f}. Retrains started by drift: {int(frame['retrain_started'].sum())}, "
-        f"promoted: {int(frame['promoted'].fillna(False).astype(bool).sum())}. Wall time {seconds:.0f} s. "
+        f"promoted: {int(frame['promoted'].eq(True).sum())}. Wall time {seconds:.0f} s. "
         f"Plot: {plot}\n"
     )
     (folder / "summary.md").write_text(f"# 2013 replay of {config.model_name}\n\n{markdown}{footer}")
