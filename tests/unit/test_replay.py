@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import date
+from itertools import pairwise
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +25,7 @@ def test_monthly_periods_cover_the_months_without_gaps() -> None:
     assert len(periods) == 10
     assert periods[0].start == date(2013, 3, 1)
     assert periods[-1].end == date(2014, 1, 1)
-    assert all(a.end == b.start for a, b in zip(periods, periods[1:], strict=False))
+    assert all(a.end == b.start for a, b in pairwise(periods))
 
 
 def test_quality_uses_labelled_rows_only(config) -> None:  # type: ignore[no-untyped-def]
