@@ -18,7 +18,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export PREFECT_PORT ?= 4200
 export MLFLOW_PORT ?= 5000
 
-.PHONY: help venv lock run train test test-fast lint typecheck check up down status rollback clean
+.PHONY: help venv browser lock run train test test-fast lint typecheck check up down status rollback clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
@@ -45,7 +45,14 @@ train: venv ## one training run on the config's window (January-February 2013 fl
 	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m flows.training --config $(CONFIG)
 
-test: venv ## the whole suite: unit, data, flow (Prefect test harness) and end-to-end (real server)
+browser: ## Debian's chromium for the UI test (installed with apt-get when missing and root)
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing (sudo apt-get install chromium): the browser test will be skipped"; fi; }
+
+test: venv browser ## the whole suite: unit, data, flow (Prefect test harness) and end-to-end (real server)
 	@# pytest exits 5 when nothing was collected (e.g. a -k filter matching nothing): say so plainly.
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5); nothing ran"; exit 0; fi; exit $$rc

@@ -84,6 +84,8 @@ def local_stack(home: Path, configs: list[Path], poll_seconds: int = 2) -> Itera
     }
     env.pop("PREFECT_API_URL", None)
     port = api.rsplit(":", 1)[1].split("/")[0]
+    # The UI finds the API from these settings, not from `--port`: without them it calls :4200.
+    env.update({"PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": port})
     with (logs / "prefect-server.log").open("wb") as server_log, (logs / "serve.log").open("wb") as serve_log:
         server = subprocess.Popen(
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port],

@@ -28,7 +28,9 @@ wait_for() {  # name, url, seconds
   echo "$1 did not answer at $2; see $run/$1.log" >&2; exit 1
 }
 
-start prefect-server "$bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
+# The UI finds the API from these settings (not from --port), so set them for any port.
+PREFECT_SERVER_API_HOST=127.0.0.1 PREFECT_SERVER_API_PORT="$PREFECT_PORT" \
+  start prefect-server "$bin/prefect" server start --host 127.0.0.1 --port "$PREFECT_PORT"
 wait_for prefect-server "$api/health" 90
 
 tracking="${DRIFTLOOP_MLFLOW_TRACKING_URI:-sqlite:///$home/mlflow/mlflow.db}"

@@ -20,6 +20,7 @@ from flows.local_stack import PREFECT, LocalStack, local_stack, wait_until
 from tasks.registry import CHAMPION
 from tasks.settings import load_config
 from tasks.stores import Stores
+from tests.e2e.browser import rendered_text, screenshot
 from tests.shifts import february_moved_to_june_with_summer_weather
 
 pytestmark = pytest.mark.e2e
@@ -132,3 +133,26 @@ def test_drift_starts_retraining_through_the_trigger_once(world: LocalStack, rep
     assert again.returncode == 0
     time.sleep(8)  # longer than the serving process's poll interval: a run would have appeared
     assert len(training_runs(world)) == before + 1
+
+
+def test_prefect_ui_shows_the_deployments_and_the_drift_report(world: LocalStack, tmp_path: Path) -> None:
+    """In a real browser: the UI lists the deployments and shows the drift report artifact
+    (the drift test above produced it). Screenshots are kept under the test's folder."""
+    ui = world.api_url.removesuffix("/api")
+
+    deployments = rendered_text(f"{ui}/deployments")
+    assert "Can't connect to Server API" not in deployments
+    for flow_name in ("training", "scoring", "monitoring"):
+        assert flow_name in deployments, deployments[:2000]
+
+    report = rendered_text(f"{ui}/artifacts/key/drift-{MODEL}")
+    assert "Drift check" in report, report[:2000]
+    assert "drift" in report.lower()
+
+    shots = [
+        screenshot(f"{ui}/deployments", tmp_path / "deployments.png"),
+        screenshot(f"{ui}/artifacts/key/drift-{MODEL}", tmp_path / "drift-artifact.png"),
+    ]
+    for shot in shots:
+        assert shot.read_bytes()[:4] == b"\x89PNG"
+        print(f"screenshot: {shot}")

@@ -1,0 +1,59 @@
+"""Headless Debian Chromium: the rendered DOM and a screenshot of a page, after its scripts ran."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# No background traffic: this machine's network is closed, and Chromium would keep trying.
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1440,1000",
+    "--virtual-time-budget=20000",
+]
+
+
+def chromium() -> str:
+    """The browser, or a skip outside CI; in CI (.ci/run installs it) a missing browser fails."""
+    found = shutil.which("chromium")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed: .ci/run installs Debian's chromium package")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    return found
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run(
+            [chromium(), *FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+
+def rendered_text(url: str) -> str:
+    """The page's visible text once its scripts have run (tags stripped, spaces folded)."""
+    import re
+
+    dom = _run("--dump-dom", url).stdout
+    body = dom[dom.find("<body") :]
+    return " ".join(re.sub(r"<[^>]+>", " ", body).split())
+
+
+def screenshot(url: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _run(f"--screenshot={path}", url)
+    return path
