@@ -6,17 +6,17 @@ Scheduled by cron (flows/deployments.py). When the drift policy says retrain, it
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
 
+from flows.cli import EXIT_BAD_INPUT, load_or_report, parser_with_config
 from tasks.drift import DriftDecision
 from tasks.monitor import MonitoringOutcome, check_drift, check_window, load_reference, raise_alert, recent_window
 from tasks.registry import connect, find_champion
-from tasks.settings import ConfigError, TrainingConfig, load_config
+from tasks.settings import TrainingConfig
 from tasks.stores import Stores
 
 
@@ -51,15 +51,12 @@ def monitoring(config: TrainingConfig, as_of: datetime | None = None) -> Monitor
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run one drift check now, in this process.")
-    parser.add_argument("--config", default="configs/flights.yaml", help="dataset config (YAML)")
+    parser = parser_with_config("Run one drift check now, in this process.")
     parser.add_argument("--as-of", help="end of the checked window (ISO date/time, UTC); default now")
     args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_BAD_INPUT
     as_of = datetime.fromisoformat(args.as_of).replace(tzinfo=UTC) if args.as_of else None
     outcome = monitoring(config=config, as_of=as_of)
     print(f"{config.model_name} {outcome.window.label()}: {outcome.status} - {'; '.join(outcome.decision.reasons)}")

@@ -9,7 +9,6 @@ for the loop, a static model and retraining every month, as files and Prefect ar
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from datetime import UTC, datetime
@@ -18,12 +17,13 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from flows.cli import EXIT_BAD_INPUT, load_or_report, parser_with_config
 from flows.local_stack import local_stack
 from flows.monitoring import monitoring
 from flows.scoring import scoring
 from flows.training import training
 from tasks.replay import PeriodRow, baselines, decision_of, monthly_periods, publish_replay, wait_for_triggered_training
-from tasks.settings import ConfigError, TrainingConfig, load_config
+from tasks.settings import TrainingConfig
 from tasks.stores import Stores
 
 
@@ -75,15 +75,12 @@ def replay(config: TrainingConfig, year: int = 2013, first_month: int = 3, last_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Replay 2013 through driftloop on a local Prefect server.")
-    parser.add_argument("--config", default="configs/flights.yaml", help="dataset config (YAML)")
+    parser = parser_with_config("Replay 2013 through driftloop on a local Prefect server.")
     parser.add_argument("--last-month", type=int, default=12, help="stop after this month (3-12)")
     args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_BAD_INPUT
     stores = Stores.from_env()
     stores.ensure_local_dirs()
     began = time.monotonic()

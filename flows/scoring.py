@@ -5,15 +5,15 @@ It also records delayed labels for earlier batches when they arrive.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from prefect import flow, get_run_logger
 
+from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
 from tasks.ingest import ingest, land_labels
 from tasks.registry import connect, find_champion
 from tasks.score import ScoringResult, record_labels, score
-from tasks.settings import ConfigError, TimeWindow, TrainingConfig, load_config
+from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import Stores
 from tasks.validate import BatchRejected, validate
 
@@ -60,22 +60,23 @@ def scoring(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Score once, in this process.")
-    parser.add_argument("--config", default="configs/flights.yaml", help="dataset config (YAML)")
+    parser = parser_with_config("Score once, in this process.")
     parser.add_argument("--start", help="first day to score (YYYY-MM-DD)")
     parser.add_argument("--end", help="day after the last one to score (YYYY-MM-DD)")
     args = parser.parse_args(argv)
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_BAD_INPUT
     try:
-        config = load_config(args.config)
         window = TimeWindow(start=args.start, end=args.end) if args.start and args.end else None
-    except (ConfigError, ValueError) as error:
+    except ValueError as error:
         print(error, file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         results = scoring(config=config, window=window)
     except (NoChampionError, BatchRejected) as error:
         print(f"scoring stopped: {error}", file=sys.stderr)
-        return 1
+        return EXIT_STOPPED
     print(f"{config.model_name}: scored {sum(r.rows for r in results)} row(s) in {len(results)} batch(es)")
     return 0
 

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from prefect import flow
 from pydantic import ValidationError
 
+from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
 from tasks.evaluate import evaluate
 from tasks.gate import gate
 from tasks.ingest import BatchReadError, ingest
 from tasks.lineage import prepare
 from tasks.promote import Decision, promote
 from tasks.registry import find_champion
-from tasks.settings import ConfigError, TimeWindow, TrainingConfig, load_config
+from tasks.settings import TimeWindow, TrainingConfig
 from tasks.split import SplitError, split
 from tasks.stores import Stores
 from tasks.train import train
@@ -50,25 +50,26 @@ def training(config: TrainingConfig, window: TimeWindow | None = None, reason: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the training flow once, in this process.")
-    parser.add_argument("--config", default="configs/flights.yaml", help="dataset config (YAML)")
+    parser = parser_with_config("Run the training flow once, in this process.")
     parser.add_argument("--reason", default="manual", help="why this run happens; recorded on the model")
     parser.add_argument("--start", help="window start (YYYY-MM-DD); default: the config's window")
     parser.add_argument("--end", help="window end, exclusive (YYYY-MM-DD)")
     args = parser.parse_args(argv)
+    config = load_or_report(args.config)
+    if config is None:
+        return EXIT_BAD_INPUT
     try:
-        config = load_config(args.config)
         window = None
         if args.start or args.end:
             window = TimeWindow(start=args.start or config.window.start, end=args.end or config.window.end)
-    except (ConfigError, ValidationError) as error:
+    except ValidationError as error:
         print(error, file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         decision = training(config=config, window=window, reason=args.reason)
     except (BatchRejected, BatchReadError, SplitError) as error:
         print(f"training stopped: {error}", file=sys.stderr)
-        return 1
+        return EXIT_STOPPED
     print(f"{decision.model_name} version {decision.version}: {decision.outcome} - {decision.reason}")
     return 0
 
