@@ -44,12 +44,17 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
         )  # fmt: skip
 
 
+def dom(url: str) -> str:
+    """The page's DOM once its scripts have run."""
+    return _run("--dump-dom", url).stdout
+
+
 def rendered_text(url: str) -> str:
     """The page's visible text once its scripts have run (tags stripped, spaces folded)."""
     import re
 
-    dom = _run("--dump-dom", url).stdout
-    body = dom[dom.find("<body") :]
+    page = dom(url)
+    body = page[page.find("<body") :]
     return " ".join(re.sub(r"<[^>]+>", " ", body).split())
 
 

@@ -20,7 +20,7 @@ from flows.local_stack import PREFECT, LocalStack, local_stack, wait_until
 from tasks.registry import CHAMPION
 from tasks.settings import load_config
 from tasks.stores import Stores
-from tests.e2e.browser import rendered_text, screenshot
+from tests.e2e.browser import dom, rendered_text, screenshot
 from tests.shifts import february_moved_to_june_with_summer_weather
 
 pytestmark = pytest.mark.e2e
@@ -145,13 +145,21 @@ def test_prefect_ui_shows_the_deployments_and_the_drift_report(world: LocalStack
     for flow_name in ("training", "scoring", "monitoring"):
         assert flow_name in deployments, deployments[:2000]
 
-    report = rendered_text(f"{ui}/artifacts/key/drift-{MODEL}")
+    latest = httpx.post(
+        f"{world.api_url}/artifacts/latest/filter",
+        json={"artifacts": {"key": {"any_": [f"drift-{MODEL}"]}}},
+        timeout=10,
+    ).json()
+    assert latest, "no drift summary artifact was published"
+    page = f"{ui}/artifacts/artifact/{latest[0]['latest_id']}"
+    report = rendered_text(page)
     assert "Drift check" in report, report[:2000]
-    assert "drift" in report.lower()
+    assert "temp" in report  # the rendered summary names the shifted column
+    assert f"drift-report-{MODEL}" in dom(f"{ui}/artifacts")  # the link to the HTML report is listed
 
     shots = [
         screenshot(f"{ui}/deployments", tmp_path / "deployments.png"),
-        screenshot(f"{ui}/artifacts/key/drift-{MODEL}", tmp_path / "drift-artifact.png"),
+        screenshot(page, tmp_path / "drift-artifact.png"),
     ]
     for shot in shots:
         assert shot.read_bytes()[:4] == b"\x89PNG"
