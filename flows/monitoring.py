@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 
 from flows.cli import EXIT_BAD_INPUT, load_or_report, parser_with_config
 from tasks.drift import DriftDecision
-from tasks.monitor import MonitoringOutcome, check_drift, check_window, load_reference, raise_alert, recent_window
+from tasks.monitor import MonitoringOutcome, check_drift, days_before, load_reference, raise_alert, recent_window
 from tasks.registry import connect, find_champion
 from tasks.settings import TrainingConfig
 from tasks.stores import Stores
@@ -34,7 +34,7 @@ def monitoring(config: TrainingConfig, as_of: datetime | None = None) -> Monitor
         reason = "no champion yet: nothing to monitor"
         get_run_logger().warning(reason)
         decision = DriftDecision(status="insufficient_data", retrain=False, reasons=[reason])
-        window = check_window(as_of, config.monitoring.window_days)
+        window = days_before(as_of, config.monitoring.window_days)
         return MonitoringOutcome(config.model_name, None, window, as_of, decision, None, None)
     reference = load_reference(config=config, champion=champion)
     current, window = recent_window(config=config, stores=stores, as_of=as_of)

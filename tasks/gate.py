@@ -22,6 +22,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.notify import artifact_key
 from tasks.settings import GateConfig, TrainingConfig
 
 if TYPE_CHECKING:  # the stage's inputs; imported lazily to keep this module free of cycles
@@ -185,11 +186,6 @@ def slice_checks(
 # --- the stage: decide, then show the report in Prefect and MLflow -----------------------------
 
 
-def artifact_key(model_name: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return "gate-" + "".join(ch if ch.isalnum() else "-" for ch in model_name.lower())
-
-
 @task(name="gate", cache_policy=NO_CACHE)
 def gate(config: TrainingConfig, evaluation: Evaluation, candidate: Candidate) -> GateReport:
     """Decide once, then publish the whole report: a Prefect artifact and MLflow run files."""
@@ -204,7 +200,7 @@ def gate(config: TrainingConfig, evaluation: Evaluation, candidate: Candidate) -
     )
     title = f"Gate: {candidate.name} version {candidate.version}"
     markdown = report.markdown(title)
-    create_markdown_artifact(markdown, key=artifact_key(candidate.name), description=title)
+    create_markdown_artifact(markdown, key=artifact_key("gate", candidate.name), description=title)
     with mlflow.start_run(run_id=candidate.run_id):
         mlflow.log_dict(report.to_dict(), "gate/report.json")
         mlflow.log_text(markdown, "gate/report.md")

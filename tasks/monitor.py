@@ -36,7 +36,7 @@ from tasks.drift import (
     summary_markdown,
 )
 from tasks.inference_log import InferenceLog
-from tasks.notify import emit_drift_event, notify_people
+from tasks.notify import artifact_key, emit_drift_event, notify_people
 from tasks.registry import VersionRef, ensure_experiment
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
@@ -69,14 +69,10 @@ class MonitoringOutcome:
         return self.decision.status
 
 
-def check_window(as_of: datetime, days: int) -> TimeWindow:
+def days_before(as_of: datetime, days: int) -> TimeWindow:
     """The `days` whole days that end at `as_of` (exclusive), as a half-open window."""
     end = as_of.astimezone(UTC).date()
     return TimeWindow(start=end - timedelta(days=days), end=end)
-
-
-def retrain_window(as_of: datetime, days: int) -> TimeWindow:
-    return check_window(as_of, days)
 
 
 @task(cache_policy=NO_CACHE)
@@ -97,7 +93,7 @@ def load_reference(config: TrainingConfig, champion: VersionRef) -> Reference:
 @task(cache_policy=NO_CACHE)
 def recent_window(config: TrainingConfig, stores: Stores, as_of: datetime) -> tuple[pd.DataFrame, TimeWindow]:
     """The inference log's rows in the check window, delayed labels joined where they arrived."""
-    window = check_window(as_of, config.monitoring.window_days)
+    window = days_before(as_of, config.monitoring.window_days)
     log = InferenceLog(DataStore(stores.data_uri), config)
     frame = log.read(pd.Timestamp(window.start, tz="UTC"), pd.Timestamp(window.end, tz="UTC"))
     get_run_logger().info("inference log %s: %d rows", window.label(), len(frame))
@@ -127,11 +123,11 @@ def check_drift(
         create_link_artifact(
             link=store.uri(report_path),
             link_text=f"Evidently drift report {window.label()}",
-            key=f"drift-report-{_slug(config.model_name)}",
+            key=artifact_key("drift-report", config.model_name),
         )
     title = f"Drift check: {config.model_name} v{reference.model_version}, {window.label()}"
     markdown = summary_markdown(result, decision, store.uri(report_path) if report_path else None, title)
-    create_markdown_artifact(markdown, key=f"drift-{_slug(config.model_name)}", description=title)
+    create_markdown_artifact(markdown, key=artifact_key("drift", config.model_name), description=title)
     _log_to_mlflow(stores, config, reference, result, decision, window, as_of, markdown, report_path)
     logger.info("drift check %s: %s (%s)", window.label(), decision.status, "; ".join(decision.reasons))
     return MonitoringOutcome(
@@ -143,10 +139,6 @@ def check_drift(
         result=result,
         report_path=report_path,
     )
-
-
-def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in name.lower())
 
 
 def _log_to_mlflow(
@@ -183,7 +175,7 @@ def _log_to_mlflow(
 def raise_alert(config: TrainingConfig, outcome: MonitoringOutcome, stores: Stores) -> tuple[str, datetime] | None:
     """Emit the drift event (it starts retraining), remember the alert for the cool-down, tell people."""
     store = DataStore(stores.data_uri)
-    retrain = retrain_window(outcome.as_of, config.monitoring.retrain_window_days)
+    retrain = days_before(outcome.as_of, config.monitoring.retrain_window_days)
     payload = {
         "model": config.model_name,
         "model_version": outcome.model_version,

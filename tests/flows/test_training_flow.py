@@ -14,7 +14,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.rollback import rollback_flow
 from flows.training import main, training
-from tasks.gate import artifact_key
+from tasks.notify import artifact_key
 from tasks.promote import RollbackError
 from tasks.registry import CHAMPION, PREVIOUS, TAG_DECISION, TAG_DECISION_REASON
 from tasks.settings import TrainingConfig
@@ -66,7 +66,9 @@ def test_gate_report_is_a_prefect_artifact(home: Path, flights_config: TrainingC
     training(config=flights_config)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key(flights_config.model_name)]))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[artifact_key("gate", flights_config.model_name)])
+            )
         )
     assert artifacts, "the gate report was not published"
     assert artifacts[0].type == "markdown"
