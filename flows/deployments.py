@@ -37,8 +37,8 @@ from flows.training import training
 from tasks.notify import DRIFT_EVENT, model_resource
 from tasks.settings import ConfigError, TrainingConfig, load_config
 
-MONITORING_CRON = os.environ.get("DRIFTLOOP_MONITORING_CRON", "0 6 * * *")  # daily, 06:00 UTC
-SCORING_INTERVAL_SECONDS = int(os.environ.get("DRIFTLOOP_SCORING_INTERVAL_SECONDS", "3600"))
+DEFAULT_MONITORING_CRON = "0 6 * * *"  # daily, 06:00 UTC; DRIFTLOOP_MONITORING_CRON overrides
+DEFAULT_SCORING_INTERVAL_SECONDS = 3600  # hourly; DRIFTLOOP_SCORING_INTERVAL_SECONDS overrides
 
 
 def drift_trigger(config: TrainingConfig) -> DeploymentEventTrigger:
@@ -59,6 +59,7 @@ def build_deployments(config_path: Path) -> list[RunnerDeployment]:
     config = load_config(config_path)
     as_json: dict[str, Any] = config.model_dump(mode="json")
     tags = ["driftloop", config.name]
+    scoring_interval = int(os.environ.get("DRIFTLOOP_SCORING_INTERVAL_SECONDS", DEFAULT_SCORING_INTERVAL_SECONDS))
 
     # `to_deployment` is sync-or-async by context; here it is sync, which mypy cannot see.
     def deployment(flow: Any, **kwargs: Any) -> RunnerDeployment:
@@ -76,13 +77,13 @@ def build_deployments(config_path: Path) -> list[RunnerDeployment]:
             scoring,
             description=f"Score new batches with {config.model_name}@champion into the inference log.",
             parameters={"config": as_json},
-            interval=SCORING_INTERVAL_SECONDS if config.source.kind == "files" else None,
+            interval=scoring_interval if config.source.kind == "files" else None,
         ),
         deployment(
             monitoring,
             description=f"Drift check of the inference log against {config.model_name}'s reference data.",
             parameters={"config": as_json},
-            cron=MONITORING_CRON,
+            cron=os.environ.get("DRIFTLOOP_MONITORING_CRON", DEFAULT_MONITORING_CRON),
         ),
         deployment(
             rollback_flow,

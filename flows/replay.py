@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:
         return EXIT_BAD_INPUT
     stores = Stores.from_env()
-    stores.ensure_local_dirs()
     began = time.monotonic()
     print(f"starting a local Prefect server and serving the deployments (logs: {stores.home / 'run'})")
     with local_stack(stores.home, [Path(args.config)]) as stack:

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from prefect import flow, get_run_logger
 
 from tasks.promote import Decision, RollbackError, rollback
-from tasks.registry import configure_mlflow
+from tasks.registry import connect
 from tasks.stores import Stores
 
 
@@ -17,8 +17,7 @@ from tasks.stores import Stores
 def rollback_flow(model_name: str, reason: str = "manual rollback") -> Decision:
     """Move `champion` back to `previous-champion`; the rolled-back version records why."""
     stores = Stores.from_env()
-    stores.ensure_local_dirs()
-    configure_mlflow(stores, experiment=model_name)
+    connect(stores=stores, model_name=model_name)
     decision = rollback(MlflowClient(), model_name, reason, stores.lock_dir)
     get_run_logger().info(
         "%s: champion %s -> %s (%s)", model_name, decision.champion_before, decision.champion_after, reason

@@ -13,7 +13,7 @@ from tasks.gate import gate
 from tasks.ingest import BatchReadError, ingest
 from tasks.lineage import prepare
 from tasks.promote import Decision, promote
-from tasks.registry import find_champion
+from tasks.registry import connect, find_champion
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.split import SplitError, split
 from tasks.stores import Stores
@@ -31,7 +31,8 @@ def training(config: TrainingConfig, window: TimeWindow | None = None, reason: s
     """
     stores = Stores.from_env()
     window = window or config.window
-    context = prepare(config=config, window=window, reason=reason, stores=stores)
+    connect(stores=stores, model_name=config.model_name)
+    context = prepare(config=config, window=window, reason=reason)
     batches = ingest(config=config, window=window, stores=stores)
     frame = validate(config=config, batches=batches, window=window, stores=stores)
     splits = split(config=config, frame=frame)

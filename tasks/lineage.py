@@ -9,9 +9,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, runtime, task
 
-from tasks.registry import configure_mlflow
 from tasks.settings import TimeWindow, TrainingConfig
-from tasks.stores import Stores
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,10 +53,8 @@ def config_sha256(config: TrainingConfig) -> str:
 
 
 @task
-def prepare(config: TrainingConfig, window: TimeWindow, reason: str, stores: Stores) -> RunContext:
-    """Create the local stores, connect MLflow, and pin down the run's lineage."""
-    stores.ensure_local_dirs()
-    configure_mlflow(stores, experiment=config.model_name)
+def prepare(config: TrainingConfig, window: TimeWindow, reason: str) -> RunContext:
+    """Pin down the run's lineage: why, on what window, from which code and config."""
     flow_run_id = runtime.flow_run.id
     context = RunContext(
         reason=reason,
