@@ -32,6 +32,7 @@ class LocalStack:
     api_url: str
     env: dict[str, str]
     logs: Path
+    serving: subprocess.Popen[bytes]  # the `python -m flows.deployments` process
 
 
 def free_port() -> int:
@@ -104,7 +105,7 @@ def local_stack(home: Path, configs: list[Path], poll_seconds: int = 2) -> Itera
             wait_until(
                 lambda: _served(api, serving, expected), 180, f"the deployments to be served (log: {logs}/serve.log)"
             )
-            yield LocalStack(api_url=api, env=env, logs=logs)
+            yield LocalStack(api_url=api, env=env, logs=logs, serving=serving)
         finally:
             if serving is not None:
                 stop(serving)  # serving processes stop before the server

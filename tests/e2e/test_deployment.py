@@ -16,7 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from flows.local_stack import PREFECT, LocalStack, local_stack, wait_until
+from flows.local_stack import PREFECT, LocalStack, local_stack, stop, wait_until
 from tasks.registry import CHAMPION
 from tasks.settings import load_config
 from tasks.stores import Stores
@@ -164,3 +164,22 @@ def test_prefect_ui_shows_the_deployments_and_the_drift_report(world: LocalStack
     for shot in shots:
         assert shot.read_bytes()[:4] == b"\x89PNG"
         print(f"screenshot: {shot}")
+
+
+def test_stopping_the_serving_process_pauses_and_removes_its_trigger(world: LocalStack) -> None:
+    """Runs last in this module: a stopped `serve` must not leave a trigger that piles up runs."""
+    deployment = httpx.get(f"{world.api_url}/deployments/name/training/flights", timeout=10).json()
+    resource = f"prefect.deployment.{deployment['id']}"
+
+    def triggers() -> list[dict[str, Any]]:
+        response = httpx.get(f"{world.api_url}/automations/related-to/{resource}", timeout=10)
+        response.raise_for_status()
+        return list(response.json())
+
+    assert triggers(), "serving should have registered the drift trigger"
+
+    stop(world.serving)  # SIGTERM, as `make down` sends it
+
+    assert world.serving.returncode == 0
+    assert triggers() == []
+    assert httpx.get(f"{world.api_url}/deployments/name/training/flights", timeout=10).json()["paused"] is True
