@@ -82,12 +82,35 @@ class DataStore:
         return "/".join(part for part in (self.root, area, dataset, name) if part)
 
     def land(self, dataset: str, name: str, data: bytes) -> tuple[str, str]:
-        """Store `data` as an immutable landed batch; returns (path, sha256)."""
+        """Store `data` as an immutable landed batch; returns (path, sha256).
+
+        The same bytes are never stored twice: a batch already landed or already processed is
+        reused where it is (a rerun reads the very file the first run validated). A batch in
+        quarantine is landed again, so a rerun reports its failures again and moves it back.
+        """
         digest = sha256_bytes(data)
-        path = self._path("landed", dataset, f"{digest[:16]}-{name}")
-        if not self.fs.exists(path):  # immutable: the same bytes are never written twice
-            self.put("landed", dataset, f"{digest[:16]}-{name}", data)
+        name = f"{digest[:16]}-{name}"
+        processed = self._path("processed", dataset, name)
+        if self.fs.exists(processed):
+            return processed, digest
+        path = self._path("landed", dataset, name)
+        if not self.fs.exists(path):
+            self.put("landed", dataset, name, data)
         return path, digest
+
+    def processed_path(self, dataset: str, path: str) -> str:
+        """Where a landed batch lives once it passed validation."""
+        return self._path("processed", dataset, path.rsplit("/", 1)[-1])
+
+    def settle(self, path: str, dataset: str) -> str:
+        """Move a batch that passed validation from landed/ to processed/ (byte-identical); idempotent."""
+        target = self.processed_path(dataset, path)
+        if path == target:
+            return target
+        self.fs.makedirs(self._path("processed", dataset), exist_ok=True)
+        if self.fs.exists(path):
+            self.fs.mv(path, target)
+        return target
 
     def put(self, area: str, dataset: str, name: str, data: bytes) -> str:
         """Write (or replace) one object atomically (readers never see half of it); `name` may contain `/`."""
@@ -113,7 +136,8 @@ class DataStore:
         name = path.rsplit("/", 1)[-1]
         target = self._path("quarantine", dataset, name)
         self.fs.makedirs(self._path("quarantine", dataset), exist_ok=True)
-        self.fs.pipe_file(f"{target}.reason.json", json.dumps(reason, indent=2, default=str).encode())
+        # the reason first: a crash in between leaves a reason and the batch still in landed/
+        self.put("quarantine", dataset, f"{name}.reason.json", json.dumps(reason, indent=2, default=str).encode())
         if self.fs.exists(path):
             self.fs.mv(path, target)
         return target

@@ -91,7 +91,8 @@ def train(
     params = final_params(config, tuning)
     pipeline = build_pipeline(config, params).fit(features, target)
     store = DataStore(stores.data_uri)
-    source = store.uri(batches[0].path) if len(batches) == 1 else store.uri(batches[0].path.rsplit("/", 1)[0])
+    processed = store.processed_path(config.name, batches[0].path)  # validation moved them there
+    source = store.uri(processed if len(batches) == 1 else processed.rsplit("/", 1)[0])
     batch_digests = ",".join(b.digest for b in batches)
 
     with mlflow.start_run(run_name=f"{config.model_name} {context.window.label()}") as run:

@@ -290,6 +290,7 @@ def validate(
                 logger.error("validation failed: %s", failure.describe())
         else:
             frames.append(frame)
+            store.settle(batch.path, config.name)  # it passed: it lives in processed/ from now on
             logger.info("%s: %d rows passed the schema and the suite", batch.name, len(frame))
     if failures:
         raise BatchRejected(failures, quarantined)

@@ -361,11 +361,17 @@ def test_good_batch_returns_the_window_with_model_columns_only(flights_config, f
     assert frame["time_hour"].max() < pd.Timestamp("2013-01-05", tz="UTC")
     assert str(frame["time_hour"].dtype) == "datetime64[ns, UTC]"
     assert frame.index.equals(pd.RangeIndex(len(frame)))
-    # a good batch stays where it landed
-    assert DataStore(stores.data_uri).listing("landed", flights_config.name) == [batch.path]
+    # a good batch moves, byte-identical, from landed/ to processed/
+    store = DataStore(stores.data_uri)
+    assert store.listing("landed", flights_config.name) == []
+    [processed] = store.listing("processed", flights_config.name)
+    assert processed == store.processed_path(flights_config.name, batch.path)
+    assert sha256(store.read_bytes(processed)) == batch.digest
+    # landing the same bytes again finds the processed batch instead of landing a second copy
+    assert store.land(flights_config.name, batch.name, store.read_bytes(processed)) == (processed, batch.digest)
 
 
-def test_one_bad_batch_stops_the_run_and_leaves_the_good_one_landed(flights_config, good, stores):
+def test_one_bad_batch_stops_the_run_and_the_good_one_is_processed(flights_config, good, stores):
     first, second = good.iloc[:3000].copy(), good.iloc[3000:].copy()
     second.loc[second.index[:2], "humid"] = 150.0
     ok = land(stores, flights_config, "part-1.parquet", frame_to_parquet_bytes(first))
@@ -379,7 +385,8 @@ def test_one_bad_batch_stops_the_run_and_leaves_the_good_one_landed(flights_conf
     assert {f.file for f in info.value.failures} == {"part-2.csv"}
     assert "part-1.parquet" not in str(info.value)
     assert str(info.value).startswith("1 batch(es) rejected and quarantined (1 failure(s)):")
-    assert store.listing("landed", flights_config.name) == [ok.path]
+    assert store.listing("landed", flights_config.name) == []
+    assert store.listing("processed", flights_config.name) == [store.processed_path(flights_config.name, ok.path)]
     [target] = info.value.quarantined
     assert store.listing("quarantine", flights_config.name) == [target, f"{target}.reason.json"]
     assert sha256(store.read_bytes(target)) == bad.digest

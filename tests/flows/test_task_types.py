@@ -77,7 +77,7 @@ def test_multiclass_on_csv_batches_trains_and_promotes(
     decision = training(config=config)
 
     assert decision.outcome == "promoted"
-    assert len(DataStore(Stores.from_env().data_uri).listing("landed", config.name)) == 2
+    assert len(DataStore(Stores.from_env().data_uri).listing("processed", config.name)) == 2
     run = MlflowClient().get_run(MlflowClient().get_model_version(config.model_name, decision.version).run_id)
     assert 0 < run.data.metrics["holdout_f1_macro"] <= 1
     model = mlflow.sklearn.load_model(f"models:/{config.model_name}@champion")

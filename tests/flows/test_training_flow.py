@@ -56,9 +56,10 @@ def test_first_run_promotes_a_champion_with_full_lineage(home: Path, flights_con
     assert report["passed"] is True
     model = mlflow.pyfunc.load_model(f"models:/{name}@{CHAMPION}")
     assert model.metadata.signature is not None
-    # The batch it trained on is landed, content-addressed, and nothing was quarantined.
+    # The batch it trained on passed, so it moved to processed/; nothing is left landed or quarantined.
     store = DataStore(Stores.from_env().data_uri)
-    assert len(store.listing("landed", flights_config.name)) == 1
+    assert len(store.listing("processed", flights_config.name)) == 1
+    assert store.listing("landed", flights_config.name) == []
     assert store.listing("quarantine", flights_config.name) == []
 
 
