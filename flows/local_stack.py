@@ -68,13 +68,8 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-@contextmanager
-def local_stack(home: Path, configs: list[Path], poll_seconds: int = 2) -> Iterator[LocalStack]:
-    """Start a server with its own PREFECT_HOME under `home`, serve the configs' deployments."""
-    logs = home / "run"
-    logs.mkdir(parents=True, exist_ok=True)
-    (home / "prefect").mkdir(parents=True, exist_ok=True)
-    api = f"http://127.0.0.1:{free_port()}/api"
+def stack_env(home: Path, poll_seconds: int = 2) -> dict[str, str]:
+    """The environment of a stack whose state lives under `home` (no PREFECT_API_URL yet)."""
     env = {
         **os.environ,
         "DRIFTLOOP_HOME": str(home),
@@ -84,32 +79,53 @@ def local_stack(home: Path, configs: list[Path], poll_seconds: int = 2) -> Itera
         "PREFECT_RUNNER_POLL_FREQUENCY": str(poll_seconds),  # triggered runs start within seconds
     }
     env.pop("PREFECT_API_URL", None)
-    port = api.rsplit(":", 1)[1].split("/")[0]
+    return env
+
+
+@contextmanager
+def prefect_server(home: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, str]]]:
+    """A `prefect server` on a free loopback port with its database under `home`; (api url, env)."""
+    logs = home / "run"
+    logs.mkdir(parents=True, exist_ok=True)
+    (home / "prefect").mkdir(parents=True, exist_ok=True)
+    env = dict(env or stack_env(home))
+    port = str(free_port())
+    api = f"http://127.0.0.1:{port}/api"
     # The UI finds the API from these settings, not from `--port`: without them it calls :4200.
     env.update({"PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": port})
-    with (logs / "prefect-server.log").open("wb") as server_log, (logs / "serve.log").open("wb") as serve_log:
+    with (logs / "prefect-server.log").open("ab") as server_log:
         server = subprocess.Popen(
             [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", port],
             env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        serving: subprocess.Popen[bytes] | None = None
+    try:
+        wait_until(lambda: answers(f"{api}/health"), 120, f"the Prefect server (log: {logs}/prefect-server.log)")
+        yield api, {**env, "PREFECT_API_URL": api}
+    finally:
+        stop(server)
+
+
+@contextmanager
+def local_stack(home: Path, configs: list[Path], poll_seconds: int = 2) -> Iterator[LocalStack]:
+    """Start a server with its own PREFECT_HOME under `home`, serve the configs' deployments."""
+    logs = home / "run"
+    with (
+        prefect_server(home, stack_env(home, poll_seconds)) as (api, env),
+        (logs / "serve.log").open("wb") as serve_log,
+    ):
+        config_args = [arg for path in configs for arg in ("--config", str(path))]
+        serving = subprocess.Popen(
+            [sys.executable, "-m", "flows.deployments", *config_args],
+            cwd=REPO_ROOT, env=env, stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
         try:
-            wait_until(lambda: answers(f"{api}/health"), 120, f"the Prefect server (log: {logs}/prefect-server.log)")
-            env["PREFECT_API_URL"] = api
-            config_args = [arg for path in configs for arg in ("--config", str(path))]
-            serving = subprocess.Popen(
-                [sys.executable, "-m", "flows.deployments", *config_args],
-                cwd=REPO_ROOT, env=env, stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
             expected = DEPLOYMENTS_PER_CONFIG * len(configs)
             wait_until(
                 lambda: _served(api, serving, expected), 180, f"the deployments to be served (log: {logs}/serve.log)"
             )
             yield LocalStack(api_url=api, env=env, logs=logs, serving=serving)
         finally:
-            if serving is not None:
-                stop(serving)  # serving processes stop before the server
-            stop(server)
+            stop(serving)  # serving processes stop before the server
 
 
 def _served(api: str, serving: subprocess.Popen[bytes], expected: int) -> bool:

@@ -35,6 +35,8 @@ def replay(config: TrainingConfig, year: int = 2013, first_month: int = 3, last_
     stores = Stores.from_env()
     first = training(config=config, reason="replay: initial training")
     logger.info("initial champion: version %s (%s)", first.version, first.outcome)
+    if first.version is None:
+        raise RuntimeError(f"the initial training registered no version: {first.reason}")
     periods = monthly_periods(year, first_month, last_month)
     drift: dict[str, tuple[str, float, bool, bool | None, str, float | None]] = {}
     for index, period in enumerate(periods, start=1):

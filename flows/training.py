@@ -8,11 +8,12 @@ from prefect import flow
 from pydantic import ValidationError
 
 from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
-from tasks.evaluate import evaluate
+from tasks.evaluate import evaluate, rejudge_against
 from tasks.gate import gate
 from tasks.ingest import BatchReadError, ingest
 from tasks.lineage import prepare
-from tasks.promote import Decision, promote
+from tasks.promote import Decision, find_earlier_decision, promote
+from tasks.recovery import flow_run_lease, recover
 from tasks.registry import connect, find_champion
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.split import SplitError, split
@@ -28,26 +29,38 @@ def training(config: TrainingConfig, window: TimeWindow | None = None, reason: s
 
     `window` overrides the config's training window; `reason` says why the run happened
     (manual, schedule, or the id of the drift event that triggered it) and is recorded.
+    A rerun on the same data, config and code returns the first run's decision.
     """
     stores = Stores.from_env()
     window = window or config.window
     connect(stores=stores, model_name=config.model_name)
-    context = prepare(config=config, window=window, reason=reason)
-    batches = ingest(config=config, window=window, stores=stores)
-    frame = validate(config=config, batches=batches, window=window, stores=stores)
-    splits = split(config=config, frame=frame)
-    incumbent = find_champion(model_name=config.model_name)
-    tuning = tune(
-        config=config,
-        splits=splits,
-        stores=stores,
-        study_name=f"{config.model_name}-{context.study_name}",
-        champion_params=incumbent.best_params if incumbent else None,
-    )
-    candidate = train(config=config, splits=splits, tuning=tuning, batches=batches, context=context, stores=stores)
-    evaluation = evaluate(config=config, holdout=splits.holdout, candidate=candidate, champion=incumbent)
-    report = gate(config=config, evaluation=evaluation, candidate=candidate)
-    return promote(candidate=candidate, report=report, compared_with=evaluation.champion_version, stores=stores)
+    recover(stores=stores)
+    with flow_run_lease(stores.lock_dir, config.model_name):
+        batches = ingest(config=config, window=window, stores=stores)
+        frame = validate(config=config, batches=batches, window=window, stores=stores)
+        context = prepare(config=config, window=window, reason=reason, batches=batches)
+        earlier = find_earlier_decision(model_name=config.model_name, idempotency_key=context.idempotency_key)
+        if earlier is not None:
+            return earlier
+        splits = split(config=config, frame=frame)
+        incumbent = find_champion(model_name=config.model_name)
+        tuning = tune(
+            config=config,
+            splits=splits,
+            stores=stores,
+            study_name=f"{config.model_name}-{context.study_name}",
+            champion_params=incumbent.best_params if incumbent else None,
+        )
+        candidate = train(config=config, splits=splits, tuning=tuning, batches=batches, context=context, stores=stores)
+        evaluation = evaluate(config=config, holdout=splits.holdout, candidate=candidate, champion=incumbent)
+        report = gate(config=config, evaluation=evaluation, candidate=candidate)
+        return promote(
+            candidate=candidate,
+            report=report,
+            compared_with=evaluation.champion_version,
+            stores=stores,
+            rejudge=rejudge_against(config=config, holdout=splits.holdout, evaluation=evaluation),
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,23 +1,26 @@
 """Evaluate: challenger and champion scored on the same holdout, overall and per slice.
 
-Both models are loaded back from the registry, so what is judged is exactly what would serve.
+Both models are loaded back from the stores after their files are checked against the hashes
+recorded at training, so what is judged is exactly what would serve.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import mlflow
-import mlflow.sklearn
 import pandas as pd
+from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.gate import MetricReport, SliceMetrics
+from tasks.artifacts import UntrustedModelError, load_logged, load_version
+from tasks.gate import GateReport, MetricReport, SliceMetrics, decide
 from tasks.model import compute_metrics, features_and_target, model_classes, predict_scores
-from tasks.registry import VersionRef
+from tasks.registry import VersionRef, get_version
 from tasks.settings import TrainingConfig
 from tasks.train import Candidate
 
@@ -52,17 +55,23 @@ def score_report(config: TrainingConfig, model: Any, holdout: pd.DataFrame) -> M
     )
 
 
+def score_champion(config: TrainingConfig, champion: VersionRef, holdout: pd.DataFrame) -> MetricReport:
+    """The champion's metrics on a holdout, loaded from the registry after its hashes are checked."""
+    return score_report(config, load_version(champion.name, champion.version), holdout)
+
+
 @task(cache_policy=NO_CACHE)
 def evaluate(
     config: TrainingConfig, holdout: pd.DataFrame, candidate: Candidate, champion: VersionRef | None
 ) -> Evaluation:
     logger = get_run_logger()
-    challenger = score_report(config, mlflow.sklearn.load_model(candidate.uri), holdout)
+    run_tags = MlflowClient().get_run(candidate.run_id).data.tags
+    challenger = score_report(config, load_logged(candidate.model_uri, run_tags, candidate.label), holdout)
     champion_report, champion_error = None, None
     if champion is not None:
         try:
-            champion_report = score_report(config, mlflow.sklearn.load_model(champion.uri), holdout)
-        except (KeyError, ValueError, TypeError) as error:  # e.g. the feature set changed since
+            champion_report = score_champion(config, champion, holdout)
+        except (KeyError, ValueError, TypeError, UntrustedModelError) as error:  # e.g. the feature set changed
             champion_error = f"{type(error).__name__}: {error}"
             logger.warning("champion version %s could not be scored: %s", champion.version, champion_error)
     metric = config.gate.metric
@@ -88,3 +97,26 @@ def evaluate(
         champion_version=None if champion is None else champion.version,
         champion_error=champion_error,
     )
+
+
+def rejudge_against(
+    config: TrainingConfig, holdout: pd.DataFrame, evaluation: Evaluation
+) -> Callable[[str], GateReport]:
+    """The gate again, for the same challenger and holdout, against another champion version.
+
+    Promotion calls it when the champion changed while this candidate was evaluated (a
+    concurrent run promoted): the better of the two on this holdout wins.
+    """
+
+    def rejudge(version: str) -> GateReport:
+        champion = get_version(config.model_name, version)
+        return decide(
+            metric=config.gate.metric,
+            higher_is_better=config.higher_is_better,
+            rules=config.gate,
+            challenger=evaluation.challenger,
+            champion=score_champion(config, champion, holdout),
+            champion_version=version,
+        )
+
+    return rejudge

@@ -198,7 +198,7 @@ def gate(config: TrainingConfig, evaluation: Evaluation, candidate: Candidate) -
         champion_version=evaluation.champion_version,
         champion_error=evaluation.champion_error,
     )
-    title = f"Gate: {candidate.name} version {candidate.version}"
+    title = f"Gate: {candidate.label}"
     markdown = report.markdown(title)
     create_markdown_artifact(markdown, key=artifact_key("gate", candidate.name), description=title)
     with mlflow.start_run(run_id=candidate.run_id):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import get_run_logger, runtime, task
 
+from tasks.ingest import LandedBatch
 from tasks.settings import TimeWindow, TrainingConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +25,7 @@ class RunContext:
     flow_run_id: str | None
     git_revision: str
     config_sha256: str
+    idempotency_key: str  # same data, config and code: same key (see `idempotency_key`)
 
     @property
     def study_name(self) -> str:
@@ -52,16 +55,41 @@ def config_sha256(config: TrainingConfig) -> str:
     return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
 
 
+def uncommitted_changes_sha256(root: Path = REPO_ROOT) -> str:
+    """A digest of the uncommitted changes to tracked files, so two different dirty trees differ."""
+    try:
+        diff = subprocess.run(
+            ["git", "-C", str(root), "diff", "HEAD", "--binary"], capture_output=True, check=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return hashlib.sha256(diff.stdout).hexdigest()
+
+
+def idempotency_key(revision: str, config_digest: str, window: TimeWindow, batch_digests: list[str]) -> str:
+    """Same data, config and code give the same key; why or when the run happened does not count."""
+    code = f"{revision}:{uncommitted_changes_sha256()}" if revision.endswith("-dirty") else revision
+    identity = {
+        "config_sha256": config_digest,
+        "code": code,
+        "window": window.label(),
+        "batches": sorted(batch_digests),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
 @task
-def prepare(config: TrainingConfig, window: TimeWindow, reason: str) -> RunContext:
-    """Pin down the run's lineage: why, on what window, from which code and config."""
+def prepare(config: TrainingConfig, window: TimeWindow, reason: str, batches: list[LandedBatch]) -> RunContext:
+    """Pin down the run's lineage: why, on what data and window, from which code and config."""
     flow_run_id = runtime.flow_run.id
+    revision, config_digest = git_revision(), config_sha256(config)
     context = RunContext(
         reason=reason,
         window=window,
         flow_run_id=str(flow_run_id) if flow_run_id else None,
-        git_revision=git_revision(),
-        config_sha256=config_sha256(config),
+        git_revision=revision,
+        config_sha256=config_digest,
+        idempotency_key=idempotency_key(revision, config_digest, window, [b.digest for b in batches]),
     )
     get_run_logger().info(
         "training %s on %s (reason: %s, revision %s)",

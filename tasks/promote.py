@@ -1,26 +1,37 @@
-"""Promote and roll back: the only code that moves the `champion` and `previous-champion` aliases.
+"""Promote and roll back: the only code that registers versions and moves the aliases.
 
-An MLflow alias update is last-writer-wins, so promotion is one guarded step:
-- a lock per registered model, so two runs cannot decide at once;
-- under the lock, the champion the gate compared against must still be the champion; if another
-  run promoted in the meantime, this candidate is `superseded` (it was never compared with the
-  new champion), not promoted;
-- `previous-champion` moves before `champion`, so a crash in between leaves both aliases valid;
-- the decision and its reason are recorded on the version, whatever they are.
+An MLflow alias update is last-writer-wins, so promotion is one guarded step, under a lock per
+registered model:
+- idempotency: a version already registered with this candidate's key (same data, config and
+  code) is the answer; no second version is made, and a candidate that lost that race is
+  recorded as `superseded` on its run;
+- the champion the gate compared against must still be the champion. If another run promoted
+  in between, the candidate is judged again against the new champion on its own holdout
+  (`rejudge`): it is promoted if it beats it, otherwise recorded as `superseded`;
+- the version is registered together with its decision, so no version ever exists without one.
+  A promotion is registered as `promoting`, the aliases move (`previous-champion` first, so a
+  crash in between leaves both valid), then it is recorded as `promoted`; a run killed in
+  between is finished by reconciliation (tasks/recovery.py).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import mlflow
 from filelock import FileLock
 from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.artifacts import TAG_RUN_MANIFEST, run_manifest
+from tasks.faults import AFTER_REGISTER, failpoint
 from tasks.gate import GateReport
+from tasks.recovery import PROMOTING
 from tasks.registry import (
     CHAMPION,
     PREVIOUS,
@@ -29,7 +40,10 @@ from tasks.registry import (
     TAG_DECISION,
     TAG_DECISION_REASON,
     TAG_GATE_PASSED,
+    TAG_IDEMPOTENCY_KEY,
     TAG_REPLACED,
+    TAG_VERSION,
+    VersionRef,
     get_version,
     version_by_alias,
 )
@@ -42,11 +56,12 @@ LOCK_TIMEOUT_SECONDS = 300
 @dataclass(frozen=True)
 class Decision:
     model_name: str
-    version: str
+    version: str | None  # None: the candidate was not registered (a duplicate that lost the race)
     outcome: str  # promoted | rejected | superseded | rolled_back
     reason: str
     champion_before: str | None
     champion_after: str | None
+    reused: bool = False  # True: an earlier run with the same key decided; nothing was trained
 
 
 class RollbackError(RuntimeError):
@@ -64,35 +79,117 @@ def _record(client: MlflowClient, name: str, version: str, tags: dict[str, str])
         client.set_model_version_tag(name, version, key, value)
 
 
+def version_with_key(client: MlflowClient, name: str, key: str) -> VersionRef | None:
+    """The version registered from the same data, config and code, if there is one."""
+    if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        return None
+    found = client.search_model_versions(f"name = '{name}' and tags.`{TAG_IDEMPOTENCY_KEY}` = '{key}'")
+    if not found:
+        return None
+    first = min(found, key=lambda v: int(v.version))
+    return VersionRef(name, str(first.version), first.run_id, dict(first.tags))
+
+
+def earlier_decision(client: MlflowClient, name: str, key: str) -> Decision | None:
+    """The decision already taken for this key, as a rerun reports it; None if there is none."""
+    found = version_with_key(client, name, key)
+    if found is None:
+        return None
+    champion = version_by_alias(name, CHAMPION, client)
+    outcome = found.tags.get(TAG_DECISION, "unknown")
+    reason = (
+        f"version {found.version} was already trained from the same data, config and code "
+        f"(decision: {outcome}: {found.tags.get(TAG_DECISION_REASON, '')}); nothing new to train"
+    )
+    current = champion.version if champion else None
+    return Decision(name, found.version, outcome, reason, current, current, reused=True)
+
+
+Rejudge = Callable[[str], GateReport]  # the gate again, against another champion version
+
+
 def apply_decision(
     client: MlflowClient,
-    name: str,
-    version: str,
+    candidate: Candidate,
     report: GateReport,
     compared_with: str | None,
     lock_dir: Path,
+    rejudge: Rejudge | None = None,
 ) -> Decision:
-    """Move the aliases if and only if the gate passed against the current champion."""
+    """Register the candidate with its decision; move the aliases if and only if it beat the champion."""
+    name = candidate.name
     with promotion_lock(lock_dir, name):
         current = version_by_alias(name, CHAMPION, client)
         before = current.version if current else None
-        base = {TAG_GATE_PASSED: str(report.passed).lower(), TAG_COMPARED_WITH: compared_with or "none"}
-        if not report.passed:
-            outcome, reason, after = "rejected", report.reason, before
-        elif before != compared_with:
-            outcome, after = "superseded", before
+        duplicate = version_with_key(client, name, candidate.idempotency_key)
+        if duplicate is not None:
             reason = (
-                f"champion changed from {compared_with or 'none'} to {before} while this candidate was "
-                "evaluated; it was never compared with the new champion"
+                f"version {duplicate.version} was registered from the same data, config and code while "
+                "this run trained; this candidate is not registered"
             )
+            _record_run(client, candidate.run_id, "superseded", reason, None)
+            return Decision(name, None, "superseded", reason, before, before)
+        if not report.passed:
+            outcome, reason = "rejected", report.reason
+        elif before == compared_with:
+            outcome, reason = "promoted", report.reason
         else:
+            outcome, reason, report = _judge_again(before, compared_with, report, rejudge)
+        judged_against = before if outcome != "rejected" else compared_with
+        version = _register(client, candidate, report, judged_against, outcome, reason)
+        failpoint(AFTER_REGISTER)
+        if outcome == "promoted":
             if before is not None:
                 client.set_registered_model_alias(name, PREVIOUS, before)
             client.set_registered_model_alias(name, CHAMPION, version)
-            outcome, reason, after = "promoted", report.reason, version
-            base[TAG_REPLACED] = before or "none"
-        _record(client, name, version, {**base, TAG_DECISION: outcome, TAG_DECISION_REASON: reason[:4000]})
-    return Decision(name, version, outcome, reason, before, after)
+            _record(client, name, version, {TAG_DECISION: "promoted", TAG_REPLACED: before or "none"})
+        _record_run(client, candidate.run_id, outcome, reason, version)
+    return Decision(name, version, outcome, reason, before, version if outcome == "promoted" else before)
+
+
+def _judge_again(
+    before: str | None, compared_with: str | None, report: GateReport, rejudge: Rejudge | None
+) -> tuple[str, str, GateReport]:
+    """The champion changed while the candidate was evaluated: judge it against the new one."""
+    changed = (
+        f"champion changed from {compared_with or 'none'} to {before or 'none'} while this candidate was evaluated"
+    )
+    if before is None or rejudge is None:
+        return "superseded", f"{changed}; it was never compared with the new champion", report
+    again = rejudge(before)
+    if again.passed:
+        return "promoted", f"{changed}; judged again: {again.reason}", again
+    return "superseded", f"{changed}; judged again, it does not beat it: {again.reason}", again
+
+
+def _register(
+    client: MlflowClient,
+    candidate: Candidate,
+    report: GateReport,
+    compared_with: str | None,
+    outcome: str,
+    reason: str,
+) -> str:
+    """Create the version with its decision already on it (`promoting` until the aliases moved)."""
+    tags = {
+        **candidate.version_tags,
+        TAG_RUN_MANIFEST: json.dumps(run_manifest(candidate.run_id), sort_keys=True),
+        TAG_GATE_PASSED: str(report.passed).lower(),
+        TAG_COMPARED_WITH: compared_with or "none",
+        TAG_DECISION: PROMOTING if outcome == "promoted" else outcome,
+        TAG_DECISION_REASON: reason[:4000],
+        TAG_DECIDED_AT: datetime.now(UTC).isoformat(),
+    }
+    version = mlflow.register_model(candidate.model_uri, candidate.name, tags=tags).version
+    client.set_tag(candidate.run_id, TAG_VERSION, str(version))
+    return str(version)
+
+
+def _record_run(client: MlflowClient, run_id: str, outcome: str, reason: str, version: str | None) -> None:
+    client.set_tag(run_id, TAG_DECISION, outcome)
+    client.set_tag(run_id, TAG_DECISION_REASON, reason[:4000])
+    if version is not None:
+        client.set_tag(run_id, TAG_VERSION, version)
 
 
 def rollback(client: MlflowClient, name: str, reason: str, lock_dir: Path) -> Decision:
@@ -118,8 +215,10 @@ def rollback(client: MlflowClient, name: str, reason: str, lock_dir: Path) -> De
 
 
 @task(cache_policy=NO_CACHE)
-def promote(candidate: Candidate, report: GateReport, compared_with: str | None, stores: Stores) -> Decision:
-    decision = apply_decision(MlflowClient(), candidate.name, candidate.version, report, compared_with, stores.lock_dir)
+def promote(
+    candidate: Candidate, report: GateReport, compared_with: str | None, stores: Stores, rejudge: Rejudge | None = None
+) -> Decision:
+    decision = apply_decision(MlflowClient(), candidate, report, compared_with, stores.lock_dir, rejudge)
     get_run_logger().info(
         "%s version %s %s: %s (champion %s -> %s)",
         decision.model_name,
@@ -129,4 +228,13 @@ def promote(candidate: Candidate, report: GateReport, compared_with: str | None,
         decision.champion_before,
         decision.champion_after,
     )
+    return decision
+
+
+@task(name="earlier-decision", cache_policy=NO_CACHE)
+def find_earlier_decision(model_name: str, idempotency_key: str) -> Decision | None:
+    """A rerun on the same data, config and code returns the first run's decision; nothing is retrained."""
+    decision = earlier_decision(MlflowClient(), model_name, idempotency_key)
+    if decision is not None:
+        get_run_logger().info("%s", decision.reason)
     return decision

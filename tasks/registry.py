@@ -28,6 +28,9 @@ TAG_COMPARED_WITH = "driftloop.compared_with_version"
 TAG_REPLACED = "driftloop.replaced_version"
 TAG_BEST_PARAMS = "driftloop.best_params"
 TAG_GATE_PASSED = "driftloop.gate_passed"
+TAG_IDEMPOTENCY_KEY = "driftloop.idempotency_key"  # same data, config and code (tasks/lineage.py)
+TAG_FLOW_RUN = "prefect.flow_run_id"  # on MLflow runs: the Prefect flow run that made them
+TAG_VERSION = "driftloop.version"  # on MLflow runs: the version registered from them, if any
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
 from prefect.client.schemas.filters import FlowRunFilterExpectedStartTime as StartFilter
 
+from tasks.artifacts import load_version
 from tasks.drift import gate_metric
 from tasks.inference_log import PREDICTION, InferenceLog
 from tasks.ingest import load_nycflights13
@@ -119,7 +120,7 @@ def baselines(
 ) -> dict[str, dict[str, Any]]:
     """Per period: the loop's measured quality and champion, the static model's, the always-retrain model's."""
     logger = get_run_logger()
-    static_model = mlflow.sklearn.load_model(f"models:/{config.model_name}/{static_version}")
+    static_model = load_version(config.model_name, static_version)
     params = get_version(config.model_name, static_version).best_params | config.model.params
     log = InferenceLog(DataStore(stores.data_uri), config)
     history_days = timedelta(days=config.monitoring.retrain_window_days)

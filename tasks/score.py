@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.artifacts import load_version
 from tasks.inference_log import CONFIDENCE, PREDICTION, InferenceLog
 from tasks.model import model_classes, predict_scores
 from tasks.registry import VersionRef
@@ -80,7 +80,7 @@ def score(
     if champion.name != config.model_name:
         raise ValueError(f"champion {champion.uri} is not a version of this config's model {config.model_name!r}")
     logger = get_run_logger()
-    model = mlflow.sklearn.load_model(champion.uri)
+    model = load_version(champion.name, champion.version)
     predictions, confidence = score_frame(model, frame, config)
     scored_at = datetime.now(UTC)
     path = InferenceLog(DataStore(stores.data_uri), config).append(

@@ -3,7 +3,11 @@
 One MLflow run per training flow run holds everything a reviewer needs: the config, the data
 digests (`mlflow.log_input`), the git revision, the Optuna study, why the run happened, the
 model with signature and input example, and a reference sample of the training data for drift
-monitoring. The model is registered as a new version whose decision starts as `pending`.
+monitoring. The SHA-256 of every model file is recorded on the run (tasks/artifacts.py), so what
+is evaluated and later served is provably what was trained.
+
+The model is not registered here: a version is created by the promotion step, under its lock,
+together with its decision, so no version ever exists without one (tasks/promote.py).
 """
 
 from __future__ import annotations
@@ -25,11 +29,13 @@ from mlflow.models import infer_signature
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.artifacts import SKOPS_TRUSTED_TYPES, TAG_MODEL_SHA256, hash_tags
+from tasks.faults import AFTER_LOG_MODEL, failpoint
 from tasks.inference_log import CONFIDENCE, PREDICTION
 from tasks.ingest import LandedBatch
 from tasks.lineage import RunContext
 from tasks.model import build_pipeline, features_and_target, predict_scores
-from tasks.registry import TAG_BEST_PARAMS, TAG_DECISION
+from tasks.registry import TAG_BEST_PARAMS, TAG_FLOW_RUN, TAG_IDEMPOTENCY_KEY
 from tasks.score import score_frame
 from tasks.settings import TrainingConfig
 from tasks.split import Splits
@@ -37,25 +43,22 @@ from tasks.stores import DataStore, Stores
 from tasks.tune import TuningResult
 
 REFERENCE_ROWS = 50_000
-# MLflow saves sklearn models with skops (no pickle). These are the non-default types our
-# Pipeline holds; they are ours, so we name them rather than trusting whatever a file lists.
-SKOPS_TRUSTED_TYPES = [
-    "functools.partial",
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn.utils.validation.check_array",
-]
 
 
 @dataclass(frozen=True)
 class Candidate:
+    """A trained, logged, not yet registered model; the promotion step registers it."""
+
     name: str
-    version: str
     run_id: str
+    model_uri: str  # the logged model (models:/m-...), not a registered version
     params: dict[str, Any]
+    idempotency_key: str
+    version_tags: dict[str, str]  # lineage to record on the version when it is registered
 
     @property
-    def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
+    def label(self) -> str:
+        return f"{self.name} run {self.run_id[:8]}"
 
 
 def final_params(config: TrainingConfig, tuning: TuningResult) -> dict[str, Any]:
@@ -95,20 +98,21 @@ def train(
     source = store.uri(processed if len(batches) == 1 else processed.rsplit("/", 1)[0])
     batch_digests = ",".join(b.digest for b in batches)
 
-    with mlflow.start_run(run_name=f"{config.model_name} {context.window.label()}") as run:
-        mlflow.set_tags(
-            {
-                "driftloop.reason": context.reason,
-                "driftloop.git_revision": context.git_revision,
-                "driftloop.config_sha256": context.config_sha256,
-                "driftloop.dataset": config.name,
-                "driftloop.window": context.window.label(),
-                "driftloop.batch_sha256": batch_digests,
-                "driftloop.optuna_study": tuning.study_name,
-                "prefect.flow_run_id": context.flow_run_id or "",
-                "mlflow.source.git.commit": context.git_revision.removesuffix("-dirty"),
-            }
-        )
+    run_tags = {
+        # set when the run is created, so a run killed at any point can be found by its flow run
+        TAG_FLOW_RUN: context.flow_run_id or "",
+        TAG_IDEMPOTENCY_KEY: context.idempotency_key,
+        "driftloop.model_name": config.model_name,
+        "driftloop.reason": context.reason,
+        "driftloop.git_revision": context.git_revision,
+        "driftloop.config_sha256": context.config_sha256,
+        "driftloop.dataset": config.name,
+        "driftloop.window": context.window.label(),
+        "driftloop.batch_sha256": batch_digests,
+        "driftloop.optuna_study": tuning.study_name,
+        "mlflow.source.git.commit": context.git_revision.removesuffix("-dirty"),
+    }
+    with mlflow.start_run(run_name=f"{config.model_name} {context.window.label()}", tags=run_tags) as run:
         mlflow.log_params(
             {
                 "task": config.task,
@@ -151,21 +155,33 @@ def train(
             skops_trusted_types=SKOPS_TRUSTED_TYPES,
             pyfunc_predict_fn="predict" if config.task == "regression" else "predict_proba",
         )
-        version = mlflow.register_model(
-            info.model_uri,
-            config.model_name,
-            tags={
-                TAG_DECISION: "pending",
-                TAG_BEST_PARAMS: json.dumps(tuning.best_params, sort_keys=True),
-                "driftloop.run_id": run.info.run_id,
-                "driftloop.reason": context.reason,
-                "driftloop.window": context.window.label(),
-                "driftloop.batch_sha256": batch_digests,
-                "driftloop.git_revision": context.git_revision,
-            },
-        )
-    logger.info("registered %s version %s (run %s)", config.model_name, version.version, run.info.run_id)
-    return Candidate(config.model_name, str(version.version), run.info.run_id, params)
+        hashes = hash_tags(info.model_uri)  # read back from the store: what was really written
+        mlflow.set_tags(hashes)
+        failpoint(AFTER_LOG_MODEL)
+    logger.info(
+        "logged %s model %s (run %s, files hashed: %s)",
+        config.model_name,
+        info.model_id,
+        run.info.run_id,
+        hashes[TAG_MODEL_SHA256][:12],
+    )
+    return Candidate(
+        name=config.model_name,
+        run_id=run.info.run_id,
+        model_uri=info.model_uri,
+        params=params,
+        idempotency_key=context.idempotency_key,
+        version_tags={
+            **hashes,
+            TAG_IDEMPOTENCY_KEY: context.idempotency_key,
+            TAG_BEST_PARAMS: json.dumps(tuning.best_params, sort_keys=True),
+            "driftloop.run_id": run.info.run_id,
+            "driftloop.reason": context.reason,
+            "driftloop.window": context.window.label(),
+            "driftloop.batch_sha256": batch_digests,
+            "driftloop.git_revision": context.git_revision,
+        },
+    )
 
 
 def reference_sample(config: TrainingConfig, pipeline: Any, fit_frame: pd.DataFrame) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.faults import DURING_TUNING, failpoint
 from tasks.model import compute_metrics, estimator, features_and_target, model_classes, predict_scores, preprocessor
 from tasks.settings import ParamRange, TrainingConfig
 from tasks.split import Splits
@@ -84,6 +85,8 @@ def make_objective(config: TrainingConfig, splits: Splits) -> Callable[[optuna.T
     metric, step = config.gate.metric, config.tuning.iterations_per_step
 
     def objective(trial: optuna.Trial) -> float:
+        if trial.number > 0:
+            failpoint(DURING_TUNING)
         params = suggest(trial, config.tuning.search_space)
         total = int(params.get("max_iter", config.model.params.get("max_iter", DEFAULT_MAX_ITER)))
         model = estimator(config, {**params, "max_iter": min(step, total), "warm_start": True})

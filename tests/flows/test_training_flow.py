@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import mlflow
@@ -16,8 +17,8 @@ from flows.rollback import rollback_flow
 from flows.training import main, training
 from tasks.notify import artifact_key
 from tasks.promote import RollbackError
-from tasks.registry import CHAMPION, PREVIOUS, TAG_DECISION, TAG_DECISION_REASON
-from tasks.settings import TrainingConfig
+from tasks.registry import CHAMPION, PREVIOUS, TAG_DECISION
+from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
 from tests.flows.conftest import with_changes
 
@@ -76,19 +77,34 @@ def test_gate_report_is_a_prefect_artifact(home: Path, flights_config: TrainingC
     assert "PASSED" in str(artifacts[0].data)
 
 
-def test_identical_rerun_does_not_promote_and_says_why(home: Path, flights_config: TrainingConfig) -> None:
+def test_identical_rerun_trains_nothing_and_returns_the_first_decision(
+    home: Path, flights_config: TrainingConfig
+) -> None:
     first = training(config=flights_config)
-    second = training(config=flights_config)
+    again = training(config=flights_config, reason="rerun")
 
     assert first.outcome == "promoted"
-    assert second.outcome == "rejected"
-    assert "improvement" in second.reason
+    assert again.reused
+    assert (again.outcome, again.version) == ("promoted", first.version)
+    assert "already trained from the same data, config and code" in again.reason
     name = flights_config.model_name
-    assert champion_version(name) == first.version
-    version = MlflowClient().get_model_version(name, second.version)
-    assert version.tags[TAG_DECISION] == "rejected"
-    assert "improvement" in version.tags[TAG_DECISION_REASON]
-    # The rerun's search started from the champion's parameters.
+    assert [str(v.version) for v in MlflowClient().search_model_versions(f"name = '{name}'")] == [first.version]
+    experiment = MlflowClient().get_experiment_by_name(name)
+    assert len(MlflowClient().search_runs([experiment.experiment_id], "tags.`driftloop.model_sha256` != ''")) == 1
+
+
+def test_a_new_window_is_trained_and_warm_started_from_the_champion(home: Path, flights_config: TrainingConfig) -> None:
+    first = training(config=flights_config)
+    window = flights_config.window
+    shifted = TimeWindow(start=window.start + timedelta(days=1), end=window.end + timedelta(days=1))
+
+    second = training(config=flights_config, window=shifted)
+
+    assert not second.reused
+    assert second.version not in (None, first.version)
+    version = MlflowClient().get_model_version(flights_config.model_name, second.version)
+    assert version.tags[TAG_DECISION] == second.outcome
+    assert second.outcome in {"promoted", "rejected"}
     study = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/tuning/study.json")
     assert study["warm_started"] is True
 

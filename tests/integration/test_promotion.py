@@ -1,7 +1,9 @@
 """Promotion and rollback against a real MLflow registry (SQLite), without Prefect.
 
 The guard is what these tests attack: a stale comparison must not promote, two deciders at once
-must not both promote, and rollback must walk the alias chain back one step at a time.
+must not both promote, the same key never registers twice, and rollback must walk the alias
+chain back one step at a time. Candidates are real logged models (tests/candidates.py); the
+promotion step registers them, so version numbers follow the order of decisions.
 """
 
 from __future__ import annotations
@@ -9,12 +11,17 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.tracking import _tracking_service
+from mlflow.tracking._model_registry import utils as registry_utils
 
 from tasks.gate import Check, GateReport
 from tasks.promote import Decision, RollbackError, apply_decision, rollback
 from tasks.registry import CHAMPION, PREVIOUS, TAG_DECISION, TAG_DECISION_REASON, TAG_REPLACED
+from tasks.train import Candidate
+from tests.candidates import logged_candidate
 
 NAME = "guarded-model"
 
@@ -31,31 +38,39 @@ def report(passed: bool, why: str = "improvement 0.0100 over champion") -> GateR
 
 
 @pytest.fixture
-def client(tmp_path: Path) -> MlflowClient:
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    """A registry of this test's own; MLflow's global URIs point at it and come back after."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    registry = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    registry.create_registered_model(NAME)
-    for _ in range(4):
-        registry.create_model_version(NAME, source=(tmp_path / "artifacts").as_uri())
-    return registry
+    monkeypatch.setattr(_tracking_service.utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.create_experiment("promotion", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@pytest.fixture
+def candidates(client: MlflowClient) -> list[Candidate]:
+    return [logged_candidate(NAME) for _ in range(4)]
 
 
 def aliases(client: MlflowClient) -> dict[str, str]:
     return {alias: str(version) for alias, version in client.get_registered_model(NAME).aliases.items()}
 
 
-def test_first_promotion_sets_champion_only(client: MlflowClient, tmp_path: Path) -> None:
-    decision = apply_decision(client, NAME, "1", report(True), compared_with=None, lock_dir=tmp_path)
+def test_first_promotion_sets_champion_only(client: MlflowClient, candidates, tmp_path: Path) -> None:
+    decision = apply_decision(client, candidates[0], report(True), compared_with=None, lock_dir=tmp_path)
 
     assert decision == Decision(NAME, "1", "promoted", decision.reason, None, "1")
     assert aliases(client) == {CHAMPION: "1"}
     assert client.get_model_version(NAME, "1").tags[TAG_DECISION] == "promoted"
 
 
-def test_failed_gate_records_rejection_and_moves_nothing(client: MlflowClient, tmp_path: Path) -> None:
-    apply_decision(client, NAME, "1", report(True), None, tmp_path)
+def test_failed_gate_records_rejection_and_moves_nothing(client: MlflowClient, candidates, tmp_path: Path) -> None:
+    apply_decision(client, candidates[0], report(True), None, tmp_path)
 
-    decision = apply_decision(client, NAME, "2", report(False, "improvement 0.0000"), "1", tmp_path)
+    decision = apply_decision(client, candidates[1], report(False, "improvement 0.0000"), "1", tmp_path)
 
     assert decision.outcome == "rejected"
     assert aliases(client) == {CHAMPION: "1"}
@@ -64,11 +79,11 @@ def test_failed_gate_records_rejection_and_moves_nothing(client: MlflowClient, t
     assert "improvement 0.0000" in tags[TAG_DECISION_REASON]
 
 
-def test_stale_comparison_is_superseded_not_promoted(client: MlflowClient, tmp_path: Path) -> None:
-    apply_decision(client, NAME, "1", report(True), None, tmp_path)
-    apply_decision(client, NAME, "2", report(True), "1", tmp_path)  # 2 beat 1 and is champion now
+def test_stale_comparison_is_superseded_not_promoted(client: MlflowClient, candidates, tmp_path: Path) -> None:
+    apply_decision(client, candidates[0], report(True), None, tmp_path)
+    apply_decision(client, candidates[1], report(True), "1", tmp_path)  # 2 beat 1 and is champion now
 
-    late = apply_decision(client, NAME, "3", report(True), compared_with="1", lock_dir=tmp_path)
+    late = apply_decision(client, candidates[2], report(True), compared_with="1", lock_dir=tmp_path)
 
     assert late.outcome == "superseded"
     assert "changed from 1 to 2" in late.reason
@@ -76,17 +91,18 @@ def test_stale_comparison_is_superseded_not_promoted(client: MlflowClient, tmp_p
     assert client.get_model_version(NAME, "3").tags[TAG_DECISION] == "superseded"
 
 
-def test_concurrent_deciders_promote_at_most_once(client: MlflowClient, tmp_path: Path) -> None:
-    """Four candidates that all beat 'no champion' race; the lock lets exactly one win."""
-    apply_decision(client, NAME, "1", report(True), None, tmp_path)
+def test_concurrent_deciders_promote_at_most_once(client: MlflowClient, candidates, tmp_path: Path) -> None:
+    """Three candidates that all beat champion 1 race; the lock lets exactly one win."""
+    apply_decision(client, candidates[0], report(True), None, tmp_path)
     outcomes: dict[str, str] = {}
     start = threading.Barrier(3)
 
-    def decide(version: str) -> None:
+    def decide(candidate: Candidate) -> None:
         start.wait()
-        outcomes[version] = apply_decision(client, NAME, version, report(True), "1", tmp_path).outcome
+        decision = apply_decision(client, candidate, report(True), "1", tmp_path)
+        outcomes[str(decision.version)] = decision.outcome
 
-    threads = [threading.Thread(target=decide, args=(v,)) for v in ("2", "3", "4")]
+    threads = [threading.Thread(target=decide, args=(c,)) for c in candidates[1:]]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -97,9 +113,9 @@ def test_concurrent_deciders_promote_at_most_once(client: MlflowClient, tmp_path
     assert aliases(client) == {CHAMPION: winner, PREVIOUS: "1"}
 
 
-def test_rollback_walks_the_chain_back(client: MlflowClient, tmp_path: Path) -> None:
-    for version, compared in (("1", None), ("2", "1"), ("3", "2")):
-        apply_decision(client, NAME, version, report(True), compared, tmp_path)
+def test_rollback_walks_the_chain_back(client: MlflowClient, candidates, tmp_path: Path) -> None:
+    for candidate, compared in zip(candidates, (None, "1", "2"), strict=False):
+        apply_decision(client, candidate, report(True), compared, tmp_path)
     assert client.get_model_version(NAME, "3").tags[TAG_REPLACED] == "2"
 
     first = rollback(client, NAME, "bad release 3", tmp_path)
@@ -114,3 +130,41 @@ def test_rollback_walks_the_chain_back(client: MlflowClient, tmp_path: Path) -> 
     with pytest.raises(RollbackError, match="no 'previous-champion'"):
         rollback(client, NAME, "nothing left", tmp_path)
     assert aliases(client) == {CHAMPION: "1"}
+
+
+def test_a_second_candidate_with_the_same_key_is_never_registered(client: MlflowClient, tmp_path: Path) -> None:
+    """Two runs on the same data, config and code: the second to decide registers nothing."""
+    first, twin = logged_candidate(NAME, key="same-key"), logged_candidate(NAME, key="same-key")
+    apply_decision(client, first, report(True), None, tmp_path)
+
+    decision = apply_decision(client, twin, report(True), None, tmp_path)
+
+    assert (decision.outcome, decision.version) == ("superseded", None)
+    assert "version 1 was registered from the same data, config and code" in decision.reason
+    assert [v.version for v in client.search_model_versions(f"name = '{NAME}'")] == [1]
+    assert client.get_run(twin.run_id).data.tags[TAG_DECISION] == "superseded"
+
+
+def test_a_changed_champion_is_judged_again_and_the_better_model_wins(
+    client: MlflowClient, candidates, tmp_path: Path
+) -> None:
+    apply_decision(client, candidates[0], report(True), None, tmp_path)
+    apply_decision(client, candidates[1], report(True), "1", tmp_path)  # 2 became champion meanwhile
+    judged: list[str] = []
+
+    def beats(version: str) -> GateReport:
+        judged.append(version)
+        return report(True, f"improvement 0.0200 over champion {version}")
+
+    def loses(version: str) -> GateReport:
+        return report(False, f"improvement -0.0100 over champion {version}")
+
+    better = apply_decision(client, candidates[2], report(True), "1", tmp_path, rejudge=beats)
+    worse = apply_decision(client, candidates[3], report(True), "2", tmp_path, rejudge=loses)
+
+    assert judged == ["2"]
+    assert (better.outcome, better.champion_before, better.champion_after) == ("promoted", "2", "3")
+    assert "judged again" in better.reason
+    assert worse.outcome == "superseded"
+    assert "does not beat it" in worse.reason
+    assert aliases(client) == {CHAMPION: "3", PREVIOUS: "2"}
