@@ -10,6 +10,7 @@ from tasks.settings import ConfigError, TrainingConfig, load_config
 DEFAULT_CONFIG = "configs/flights.yaml"
 EXIT_BAD_INPUT = 2  # a config or argument that cannot be used
 EXIT_STOPPED = 1  # the run refused bad data or had nothing to work with
+EXIT_UNAVAILABLE = 3  # a service (MLflow, Prefect) stayed unreachable after bounded retries
 
 
 def parser_with_config(description: str) -> argparse.ArgumentParser:

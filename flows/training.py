@@ -7,7 +7,7 @@ import sys
 from prefect import flow
 from pydantic import ValidationError
 
-from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
+from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_UNAVAILABLE, load_or_report, parser_with_config
 from tasks.evaluate import evaluate, rejudge_against
 from tasks.gate import gate
 from tasks.ingest import BatchReadError, ingest
@@ -15,6 +15,7 @@ from tasks.lineage import prepare
 from tasks.promote import Decision, find_earlier_decision, promote
 from tasks.recovery import flow_run_lease, recover
 from tasks.registry import connect, find_champion
+from tasks.services import unavailable
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.split import SplitError, split
 from tasks.stores import Stores
@@ -84,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     except (BatchRejected, BatchReadError, SplitError) as error:
         print(f"training stopped: {error}", file=sys.stderr)
         return EXIT_STOPPED
+    except Exception as error:
+        if (down := unavailable(error, Stores.from_env().mlflow_tracking_uri)) is None:
+            raise
+        print(f"training stopped: {down}; nothing was promoted. Rerun when it is back.", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     print(f"{decision.model_name} version {decision.version}: {decision.outcome} - {decision.reason}")
     return 0
 

@@ -8,9 +8,10 @@ retraining are decoupled and visible in the Prefect UI's event feed.
 
 People are told through Apprise when DRIFTLOOP_ALERT_URLS (comma-separated Apprise URLs: a
 webhook, Slack, e-mail, ...) is set. Those URLs hold secrets: they are never logged, never put in
-an event, a parameter, a tag or a report. Apprise itself logs them whole (a URL it cannot parse
-at ERROR, every request at DEBUG, and so does urllib3), so its records are dropped while it
-sends; our own lines name a destination only by its position and scheme (tests/reliability).
+an event, a parameter, a tag or a report. Apprise itself logs them (whole at DEBUG, partly masked
+at ERROR when it cannot parse one) and urllib3 logs the request path at DEBUG, so their records
+are dropped while a message is sent; our own lines name a destination only by its position and
+scheme (checked by tests/reliability/test_exposure.py).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def _transport_logs_dropped() -> Iterator[None]:
     this_thread = threading.get_ident()
     import apprise  # noqa: F401  (imported first: their loggers must exist to be muted)
     import requests  # noqa: F401
+
     muted: list[tuple[logging.Logger, logging.Filter]] = []
     for name, found in list(logging.root.manager.loggerDict.items()):
         if not isinstance(found, logging.Logger):

@@ -106,11 +106,19 @@ def run_lease(lock_dir: Path, flow_run_id: str, model_name: str) -> Iterator[Non
         # failed, in which case the record stays and the next start repairs what is left.
         with suppress(Exception):
             reconcile_run(started, lock_dir, repairs, mark_prefect=False)
-        if not repairs.errors:
+        if not repairs.errors and _prefect_answers():
             _forget(lock_dir, flow_run_id)
         raise
     lock.release()
     _forget(lock_dir, flow_run_id)
+
+
+def _prefect_answers() -> bool:
+    """Whether Prefect can record this run's end itself; if not, the next start marks it crashed."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.api_healthcheck() is None
 
 
 def _forget(lock_dir: Path, flow_run_id: str) -> None:

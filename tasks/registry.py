@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
+from tasks.services import TASK_RETRY_DELAYS, bound_http_retries, retry_if_transient, use_wal
 from tasks.stores import Stores
 
 CHAMPION = "champion"
@@ -52,6 +53,8 @@ class VersionRef:
 
 def configure_mlflow(stores: Stores, experiment: str) -> str:
     """Point MLflow at our stores and make `experiment` (with our artifact root) the active one."""
+    use_wal(stores.mlflow_tracking_uri)
+    bound_http_retries()
     mlflow.set_tracking_uri(stores.mlflow_tracking_uri)
     mlflow.set_registry_uri(stores.mlflow_tracking_uri)
     experiment_id = ensure_experiment(stores, experiment)
@@ -99,13 +102,20 @@ def champion(name: str, client: MlflowClient | None = None) -> VersionRef | None
     return version_by_alias(name, CHAMPION, client)
 
 
-@task(name="find-champion")
+RETRY_TRANSIENT: dict[str, Any] = {
+    "retries": len(TASK_RETRY_DELAYS),
+    "retry_delay_seconds": TASK_RETRY_DELAYS,
+    "retry_condition_fn": retry_if_transient,
+}
+
+
+@task(name="find-champion", **RETRY_TRANSIENT)
 def find_champion(model_name: str) -> VersionRef | None:
     """The version the challenger must beat, read once so evaluation and promotion agree on it."""
     return champion(model_name)
 
 
-@task(name="connect")
+@task(name="connect", **RETRY_TRANSIENT)
 def connect(stores: Stores, model_name: str) -> None:
     """Create the local stores if they are local, and point MLflow at ours."""
     stores.ensure_local_dirs()

@@ -17,6 +17,8 @@ from typing import Any
 
 import fsspec
 
+from tasks.services import sqlite_path, with_busy_timeout
+
 DEFAULT_HOME = ".driftloop"
 
 
@@ -37,7 +39,9 @@ class Stores:
         home = Path(env.get("DRIFTLOOP_HOME", DEFAULT_HOME)).expanduser().resolve()
         return cls(
             home=home,
-            mlflow_tracking_uri=env.get("DRIFTLOOP_MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"),
+            mlflow_tracking_uri=with_busy_timeout(
+                env.get("DRIFTLOOP_MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+            ),
             mlflow_artifact_root=env.get("DRIFTLOOP_MLFLOW_ARTIFACT_ROOT", (home / "mlflow" / "artifacts").as_uri()),
             optuna_storage=env.get("DRIFTLOOP_OPTUNA_STORAGE", f"journal:{home / 'optuna' / 'journal.log'}"),
             data_uri=env.get("DRIFTLOOP_DATA_URI", (home / "data").as_uri()),
@@ -48,8 +52,8 @@ class Stores:
         """Create the local folders the default (file and SQLite) stores need."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.lock_dir.mkdir(parents=True, exist_ok=True)
-        if self.mlflow_tracking_uri.startswith("sqlite:///"):
-            Path(self.mlflow_tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if (database := sqlite_path(self.mlflow_tracking_uri)) is not None:
+            database.parent.mkdir(parents=True, exist_ok=True)
         if self.optuna_storage.startswith("journal:"):
             Path(self.optuna_storage.removeprefix("journal:")).parent.mkdir(parents=True, exist_ok=True)
         if self.optuna_storage.startswith("sqlite:///"):
