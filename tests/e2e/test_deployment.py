@@ -4,6 +4,7 @@ retraining through the server's event trigger, with nobody in between."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -72,6 +73,32 @@ def test_deployment_run_trains_and_leaves_a_champion(world: LocalStack) -> None:
     champion = registry(world).get_model_version_by_alias(MODEL, CHAMPION)
     assert champion.tags["driftloop.reason"] == "e2e"
     assert champion.tags["driftloop.decision"] == "promoted"
+
+
+def test_two_deployment_runs_at_once_take_turns_and_train_once(world: LocalStack) -> None:
+    """The training deployment's concurrency limit (1) runs them one after the other; the second
+    finds the first's version by its idempotency key and trains nothing."""
+    window = '{"start": "2013-01-08", "end": "2013-03-08"}'
+    ids = []
+    for _ in range(2):
+        started = prefect_cli(
+            world, "deployment", "run", "training/flights", "--param", "reason=twin", "--param", f"window={window}",
+            timeout=120,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr[-2000:]
+        ids.append(re.search(r"UUID: ([0-9a-f-]{36})", started.stdout).group(1))  # type: ignore[union-attr]
+
+    def run(flow_run_id: str) -> dict[str, Any]:
+        return dict(httpx.get(f"{world.api_url}/flow_runs/{flow_run_id}", timeout=10).json())
+
+    wait_until(lambda: all(run(i)["state_type"] in {"COMPLETED", "FAILED", "CRASHED"} for i in ids), 900, "both runs")
+    first, second = sorted((run(i) for i in ids), key=lambda r: r["start_time"])
+    assert [first["state_type"], second["state_type"]] == ["COMPLETED", "COMPLETED"]
+    assert first["end_time"] <= second["start_time"]  # never both running
+    twins = [
+        v for v in registry(world).search_model_versions(f"name = '{MODEL}'") if v.tags["driftloop.reason"] == "twin"
+    ]
+    assert len(twins) == 1
 
 
 def test_bad_parameters_are_refused_before_a_run_starts(world: LocalStack) -> None:

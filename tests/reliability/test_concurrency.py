@@ -1,0 +1,90 @@
+"""Two retrainings at once, as two processes on one registry: one decision, no lost update.
+
+Both start from the same champion. On the same data they share an idempotency key: one version
+is registered, the other run is recorded as superseded. On different data both may pass their
+gate; the second to decide is judged again against the first (now champion) on its own holdout,
+so the better model wins, and no two promotions come from the same comparison. SQLite is shared
+by both processes: no "database is locked" may escape.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from mlflow import MlflowClient
+
+from tasks.registry import CHAMPION, TAG_COMPARED_WITH, TAG_DECISION, TAG_DECISION_REASON
+from tests.reliability.conftest import DATASET, MODEL, World
+from tests.reliability.invariants import assert_invariants
+
+BASELINE = ("--start", "2013-01-01", "--end", "2013-02-01", "--reason", "baseline")
+
+
+def registry(world: World) -> MlflowClient:
+    uri = world.stores.mlflow_tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def together(world: World, *runs: tuple[str, ...]) -> list[str]:
+    """Start every run at once, wait for all; returns their logs."""
+    processes = [world.start_training(*args, log_name=f"run-{i}") for i, args in enumerate(runs)]
+    codes = [p.wait(timeout=900) for p in processes]
+    logs = [(world.home / f"run-{i}.log").read_text() for i in range(len(runs))]
+    for code, log in zip(codes, logs, strict=True):
+        assert code == 0, log[-4000:]
+        assert "database is locked" not in log
+    return logs
+
+
+def trained(world: World, args: tuple[str, ...]) -> None:
+    done = world.train(*args)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def test_two_runs_on_the_same_data_register_one_version(world: World) -> None:
+    trained(world, BASELINE)
+    same = ("--start", "2013-01-01", "--end", "2013-03-01", "--reason", "twin")
+
+    logs = together(world, same, same)
+
+    versions = registry(world).search_model_versions(f"name = '{MODEL}'")
+    assert len(versions) == 2  # the baseline and one version for the twins' key
+    experiment = registry(world).get_experiment_by_name(MODEL)
+    twins = registry(world).search_runs([experiment.experiment_id], "tags.`driftloop.reason` = 'twin'")
+    if len(twins) == 1:  # one process started after the other had decided: it found that decision
+        assert any("already trained from the same data, config and code" in log for log in logs)
+    else:  # both trained; the slower one to decide registered nothing
+        loser = next(r for r in twins if r.data.tags[TAG_DECISION] == "superseded")
+        assert "from the same data, config and code" in loser.data.tags[TAG_DECISION_REASON]
+        assert "driftloop.version" not in loser.data.tags
+    assert_invariants(world.stores, MODEL, DATASET, prefect_api=world.api)
+
+
+def test_two_runs_on_different_data_promote_at_most_once_per_comparison(world: World) -> None:
+    trained(world, BASELINE)
+    client = registry(world)
+    baseline = str(client.get_model_version_by_alias(MODEL, CHAMPION).version)
+
+    together(
+        world,
+        ("--start", "2013-01-01", "--end", "2013-03-01", "--reason", "left"),
+        ("--start", "2013-01-15", "--end", "2013-03-15", "--reason", "right"),
+    )
+
+    versions = client.search_model_versions(f"name = '{MODEL}'")
+    assert len(versions) == 3
+    promoted = [v for v in versions if v.tags[TAG_DECISION] == "promoted"]
+    # at most one promotion per comparison: no two promoted versions beat the same champion
+    comparisons = Counter(v.tags[TAG_COMPARED_WITH] for v in promoted)
+    assert all(count == 1 for count in comparisons.values()), comparisons
+    champion = str(client.get_model_version_by_alias(MODEL, CHAMPION).version)
+    new = [v for v in versions if str(v.version) != baseline]
+    for version in new:
+        decision, reason = version.tags[TAG_DECISION], version.tags[TAG_DECISION_REASON]
+        assert decision in {"promoted", "rejected", "superseded"}
+        if "judged again" in reason:
+            # the later one met the earlier one's promotion and was compared with it, not with the baseline
+            other = next(str(v.version) for v in new if v.version != version.version)
+            assert version.tags[TAG_COMPARED_WITH] == other
+            assert (decision == "promoted") == (champion == str(version.version))
+    assert_invariants(world.stores, MODEL, DATASET, prefect_api=world.api)
