@@ -9,6 +9,7 @@ server -> trigger -> served deployment, exactly as under `make up`.
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -79,6 +80,8 @@ def stack_env(home: Path, poll_seconds: int = 2) -> dict[str, str]:
         "PREFECT_RUNNER_POLL_FREQUENCY": str(poll_seconds),  # triggered runs start within seconds
     }
     env.pop("PREFECT_API_URL", None)
+    if env.get("PREFECT_SERVER_API_AUTH_STRING"):  # our clients must send what the server expects
+        env.setdefault("PREFECT_API_AUTH_STRING", env["PREFECT_SERVER_API_AUTH_STRING"])
     return env
 
 
@@ -121,18 +124,26 @@ def local_stack(home: Path, configs: list[Path], poll_seconds: int = 2) -> Itera
         try:
             expected = DEPLOYMENTS_PER_CONFIG * len(configs)
             wait_until(
-                lambda: _served(api, serving, expected), 180, f"the deployments to be served (log: {logs}/serve.log)"
+                lambda: _served(api, serving, expected, env),
+                180,
+                f"the deployments to be served (log: {logs}/serve.log)",
             )
             yield LocalStack(api_url=api, env=env, logs=logs, serving=serving)
         finally:
             stop(serving)  # serving processes stop before the server
 
 
-def _served(api: str, serving: subprocess.Popen[bytes], expected: int) -> bool:
+def api_headers(env: dict[str, str]) -> dict[str, str]:
+    """What Prefect's client sends when the server has an auth string (docs/security.md)."""
+    auth = env.get("PREFECT_API_AUTH_STRING")
+    return {"Authorization": f"Basic {base64.b64encode(auth.encode()).decode()}"} if auth else {}
+
+
+def _served(api: str, serving: subprocess.Popen[bytes], expected: int, env: dict[str, str]) -> bool:
     if serving.poll() is not None:
         raise RuntimeError(f"the serving process exited with code {serving.returncode}")
     try:
-        response = httpx.post(f"{api}/deployments/filter", json={"limit": 50}, timeout=5)
+        response = httpx.post(f"{api}/deployments/filter", json={"limit": 50}, headers=api_headers(env), timeout=5)
     except httpx.HTTPError:
         return False
     return response.status_code == 200 and len(response.json()) >= expected
