@@ -18,7 +18,7 @@ export GX_ANALYTICS_ENABLED ?= false
 export PREFECT_PORT ?= 4200
 export MLFLOW_PORT ?= 5000
 
-.PHONY: help venv browser lock run train test test-fast lint typecheck check up down status rollback clean
+.PHONY: help venv browser lock run train test test-fast lint typecheck check up down status rollback reconcile clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
@@ -82,6 +82,10 @@ rollback: venv ## put the previous champion back: make rollback MODEL=flights-la
 	@test -n "$(MODEL)" || { echo "usage: make rollback MODEL=<registered model name>"; exit 2; }
 	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m flows.rollback --model $(MODEL)
+
+reconcile: venv ## repair what dead training runs left behind (after an outage; runs also do it at start)
+	@mkdir -p $(PREFECT_HOME)
+	$(BIN)/python -m flows.reconcile --config $(CONFIG)
 
 clean: down ## remove the virtualenv and all local state under DRIFTLOOP_HOME
 	rm -rf $(VENV) $(DRIFTLOOP_HOME)

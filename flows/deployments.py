@@ -35,7 +35,9 @@ from flows.rollback import rollback_flow
 from flows.scoring import scoring
 from flows.training import training
 from tasks.notify import DRIFT_EVENT, model_resource
+from tasks.recovery import reconcile
 from tasks.settings import ConfigError, TrainingConfig, load_config
+from tasks.stores import Stores
 
 DEFAULT_MONITORING_CRON = "0 6 * * *"  # daily, 06:00 UTC; DRIFTLOOP_MONITORING_CRON overrides
 DEFAULT_SCORING_INTERVAL_SECONDS = 3600  # hourly; DRIFTLOOP_SCORING_INTERVAL_SECONDS overrides
@@ -102,12 +104,25 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
+    reconcile_at_startup()
     signal.signal(signal.SIGTERM, _interrupt)  # `make down` and tests stop us with SIGTERM
     try:
         serve(*deployments)  # returns on Ctrl-C/SIGTERM after pausing the deployments
     finally:
         remove_triggers(deployments)
     return 0
+
+
+def reconcile_at_startup() -> None:
+    """Repair what runs that died while nobody served them left behind (tasks/recovery.py)."""
+    stores = Stores.from_env()
+    stores.ensure_local_dirs()
+    try:
+        repairs = reconcile(stores)
+    except Exception as error:  # serving must start even if, say, MLflow is down; training retries
+        print(f"startup reconciliation failed ({type(error).__name__}: {error}); each training run retries it")
+        return
+    print(f"startup reconciliation: {repairs.summary()}", file=sys.stderr)
 
 
 def _interrupt(signum: int, frame: object) -> None:

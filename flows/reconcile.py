@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     stores = Stores.from_env()
     stores.ensure_local_dirs()
     configure_mlflow(stores, experiment=config.model_name)
-    repairs = reconcile(stores.lock_dir, stores.optuna_storage)
+    repairs = reconcile(stores)
     print(f"reconciliation: {repairs.summary()}")
     return EXIT_STOPPED if repairs.errors else 0
 

@@ -36,7 +36,7 @@ def training(config: TrainingConfig, window: TimeWindow | None = None, reason: s
     window = window or config.window
     connect(stores=stores, model_name=config.model_name)
     recover(stores=stores)
-    with flow_run_lease(stores.lock_dir, config.model_name):
+    with flow_run_lease(stores, config.model_name):
         batches = ingest(config=config, window=window, stores=stores)
         frame = validate(config=config, batches=batches, window=window, stores=stores)
         context = prepare(config=config, window=window, reason=reason, batches=batches)

@@ -89,8 +89,9 @@ def _lease_paths(lock_dir: Path, flow_run_id: str) -> tuple[Path, Path]:
 
 
 @contextmanager
-def run_lease(lock_dir: Path, flow_run_id: str, model_name: str) -> Iterator[None]:
+def run_lease(stores: Stores, flow_run_id: str, model_name: str) -> Iterator[None]:
     """Hold the lease of one run for the block; a run that raises is reconciled on its way out."""
+    lock_dir = stores.lock_dir
     record, lock_path = _lease_paths(lock_dir, flow_run_id)
     record.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_path), timeout=0)
@@ -105,7 +106,7 @@ def run_lease(lock_dir: Path, flow_run_id: str, model_name: str) -> Iterator[Non
         # Prefect records this run's failure itself; the other services may be the very thing that
         # failed, in which case the record stays and the next start repairs what is left.
         with suppress(Exception):
-            reconcile_run(started, lock_dir, repairs, mark_prefect=False)
+            reconcile_run(started, stores, repairs, mark_prefect=False)
         if not repairs.errors and _prefect_answers():
             _forget(lock_dir, flow_run_id)
         raise
@@ -151,31 +152,36 @@ def dead_leases(lock_dir: Path) -> list[dict[str, Any]]:
     return dead
 
 
-def reconcile(lock_dir: Path, optuna_storage: str | None = None) -> Repairs:
+def reconcile(stores: Stores) -> Repairs:
     """Repair what every dead run left; a no-op when every lease is held or none exists."""
     repairs = Repairs()
-    for record in dead_leases(lock_dir):
+    for record in dead_leases(stores.lock_dir):
         errors_before = len(repairs.errors)
-        reconcile_run(record, lock_dir, repairs, optuna_storage=optuna_storage)
+        reconcile_run(record, stores, repairs, optuna=True)
         if len(repairs.errors) == errors_before:
-            _forget(lock_dir, record["flow_run_id"])
+            _forget(stores.lock_dir, record["flow_run_id"])
     return repairs
 
 
 def reconcile_run(
     record: dict[str, Any],
-    lock_dir: Path,
+    stores: Stores,
     repairs: Repairs,
     *,
-    optuna_storage: str | None = None,
+    optuna: bool = False,
     mark_prefect: bool = True,
 ) -> None:
-    """Bring every service's record of one dead run to a final state."""
+    """Bring every service's record of one dead run to a final state.
+
+    `optuna=False` when the run is repairing itself on its way out: Optuna already failed the
+    trial that raised, and a concurrent run's trials must not be touched.
+    """
     flow_run_id = record["flow_run_id"]
     repairs.dead_runs.append(flow_run_id)
-    steps = [lambda: _finish_mlflow(flow_run_id, lock_dir, repairs)]
-    if optuna_storage:
-        steps.append(lambda: _fail_trials(optuna_storage, flow_run_id, repairs))
+    client = MlflowClient(tracking_uri=stores.mlflow_tracking_uri, registry_uri=stores.mlflow_tracking_uri)
+    steps = [lambda: _finish_mlflow(client, flow_run_id, stores.lock_dir, repairs)]
+    if optuna:
+        steps.append(lambda: _fail_trials(stores.optuna_storage, flow_run_id, repairs))
     if mark_prefect:
         steps.append(lambda: _crash_flow_run(flow_run_id, repairs))
     for step in steps:
@@ -185,8 +191,7 @@ def reconcile_run(
             repairs.errors.append(f"{flow_run_id}: {type(error).__name__}: {error}")
 
 
-def _finish_mlflow(flow_run_id: str, lock_dir: Path, repairs: Repairs) -> None:
-    client = MlflowClient()
+def _finish_mlflow(client: MlflowClient, flow_run_id: str, lock_dir: Path, repairs: Repairs) -> None:
     runs = client.search_runs(
         experiment_ids=[e.experiment_id for e in client.search_experiments()],
         filter_string=f"tags.`{TAG_FLOW_RUN}` = '{flow_run_id}'",
@@ -273,19 +278,19 @@ def _crash_flow_run(flow_run_id: str, repairs: Repairs) -> None:
 
 
 @contextmanager
-def flow_run_lease(lock_dir: Path, model_name: str) -> Iterator[None]:
+def flow_run_lease(stores: Stores, model_name: str) -> Iterator[None]:
     """The lease of the current Prefect flow run (see `run_lease`)."""
     flow_run_id = runtime.flow_run.id
     if not flow_run_id:
         raise RuntimeError("a lease belongs to a flow run: call this inside a Prefect flow")
-    with run_lease(lock_dir, str(flow_run_id), model_name):
+    with run_lease(stores, str(flow_run_id), model_name):
         yield
 
 
 @task(name="reconcile", cache_policy=NO_CACHE)
 def recover(stores: Stores) -> Repairs:
     """Startup reconciliation: repair what dead runs left before this run starts."""
-    repairs = reconcile(stores.lock_dir, stores.optuna_storage)
+    repairs = reconcile(stores)
     logger = get_run_logger()
     if repairs:
         logger.warning("reconciliation: %s", repairs.summary())
