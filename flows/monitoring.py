@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger
 from flows.cli import EXIT_BAD_INPUT, load_or_report, parser_with_config
 from tasks.drift import DriftDecision
 from tasks.monitor import MonitoringOutcome, check_drift, days_before, load_reference, raise_alert, recent_window
+from tasks.recovery import flow_run_lease
 from tasks.registry import connect, find_champion
 from tasks.settings import TrainingConfig
 from tasks.stores import Stores
@@ -36,11 +37,12 @@ def monitoring(config: TrainingConfig, as_of: datetime | None = None) -> Monitor
         decision = DriftDecision(status="insufficient_data", retrain=False, reasons=[reason])
         window = days_before(as_of, config.monitoring.window_days)
         return MonitoringOutcome(config.model_name, None, window, as_of, decision, None, None)
-    reference = load_reference(config=config, champion=champion)
-    current, window = recent_window(config=config, stores=stores, as_of=as_of)
-    outcome = check_drift(
-        config=config, reference=reference, current=current, window=window, as_of=as_of, stores=stores
-    )
+    with flow_run_lease(stores, config.model_name):  # a killed check's MLflow run is ended by reconciliation
+        reference = load_reference(config=config, champion=champion)
+        current, window = recent_window(config=config, stores=stores, as_of=as_of)
+        outcome = check_drift(
+            config=config, reference=reference, current=current, window=window, as_of=as_of, stores=stores
+        )
     if not outcome.decision.retrain:
         return outcome
     emitted = raise_alert(config=config, outcome=outcome, stores=stores)

@@ -15,7 +15,7 @@ import signal
 FAILPOINTS_ENV = "DRIFTLOOP_FAILPOINTS"
 
 # Where a training run can be killed; tests/reliability kills it at each.
-DURING_TUNING = "during-tuning"  # a trial is running, an earlier one completed
+DURING_TUNING = "during-tuning"  # the first trial is running (its first stage reported)
 AFTER_LOG_MODEL = "after-log-model"  # the model is logged, the MLflow run still open, nothing registered
 AFTER_REGISTER = "after-register"  # the version is registered, the aliases not moved yet
 FAILPOINTS = (DURING_TUNING, AFTER_LOG_MODEL, AFTER_REGISTER)

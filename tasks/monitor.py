@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
-from prefect import get_run_logger, task
+from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -37,7 +37,7 @@ from tasks.drift import (
 )
 from tasks.inference_log import InferenceLog
 from tasks.notify import artifact_key, emit_drift_event, notify_people
-from tasks.registry import VersionRef, ensure_experiment
+from tasks.registry import TAG_FLOW_RUN, VersionRef, ensure_experiment
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
 
@@ -154,7 +154,8 @@ def _log_to_mlflow(
 ) -> None:
     """One run per check in `<model>-monitoring`, so drift can be followed over time."""
     experiment_id = ensure_experiment(stores, f"{config.model_name}-monitoring")
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"drift {window.label()}"):
+    flow_run = {TAG_FLOW_RUN: str(runtime.flow_run.id or "")}  # at creation: a killed check can be found
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"drift {window.label()}", tags=flow_run):
         mlflow.set_tags(
             {
                 "driftloop.status": decision.status,

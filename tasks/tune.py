@@ -85,8 +85,6 @@ def make_objective(config: TrainingConfig, splits: Splits) -> Callable[[optuna.T
     metric, step = config.gate.metric, config.tuning.iterations_per_step
 
     def objective(trial: optuna.Trial) -> float:
-        if trial.number > 0:
-            failpoint(DURING_TUNING)
         params = suggest(trial, config.tuning.search_space)
         total = int(params.get("max_iter", config.model.params.get("max_iter", DEFAULT_MAX_ITER)))
         model = estimator(config, {**params, "max_iter": min(step, total), "warm_start": True})
@@ -98,6 +96,7 @@ def make_objective(config: TrainingConfig, splits: Splits) -> Callable[[optuna.T
             scores = predict_scores(model, valid_matrix, config.task)
             score = compute_metrics(config.task, y_valid, scores, model_classes(model))[metric]
             trial.report(score, stage)
+            failpoint(DURING_TUNING)  # a trial is RUNNING in the study, its first stage reported
             if trial.should_prune():
                 raise optuna.TrialPruned(f"stage {stage}: {metric}={score:.4f}")
             stage += 1
