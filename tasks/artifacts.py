@@ -75,8 +75,10 @@ def differences(recorded: Manifest, found: Manifest) -> list[str]:
     return problems
 
 
-def download(artifact_uri: str, into: Path) -> Path:
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(into)))
+def download(artifact_uri: str, into: Path, client: MlflowClient | None = None) -> Path:
+    """Download into `into`, from the stores `client` points at (default: MLflow's configured ones)."""
+    uris = {"tracking_uri": client.tracking_uri, "registry_uri": client._registry_uri} if client else {}
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(into), **uris))
 
 
 def model_manifest(model_uri: str) -> Manifest:
@@ -91,10 +93,11 @@ def hash_tags(model_uri: str) -> dict[str, str]:
     return {TAG_MODEL_MANIFEST: json.dumps(manifest, sort_keys=True), TAG_MODEL_SHA256: manifest_sha256(manifest)}
 
 
-def run_manifest(run_id: str) -> Manifest:
+def run_manifest(run_id: str, client: MlflowClient | None = None) -> Manifest:
     """The manifest of a run's own artifacts (the model is logged separately in MLflow 3)."""
+    uris = {"tracking_uri": client.tracking_uri} if client else {}
     with tempfile.TemporaryDirectory() as tmp:
-        return manifest_of(Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=tmp)))
+        return manifest_of(Path(mlflow.artifacts.download_artifacts(run_id=run_id, dst_path=tmp, **uris)))
 
 
 def recorded_manifest(tags: dict[str, str], what: str) -> Manifest:
@@ -137,7 +140,7 @@ def load_version(name: str, version: str, client: MlflowClient | None = None) ->
     what = f"model {name} version {version}"
     recorded = recorded_manifest(dict(found.tags), what)
     with tempfile.TemporaryDirectory() as tmp:
-        return load_verified_folder(download(f"models:/{name}/{version}", Path(tmp)), recorded, what)
+        return load_verified_folder(download(f"models:/{name}/{version}", Path(tmp), client), recorded, what)
 
 
 def load_logged(model_uri: str, tags: dict[str, str], what: str) -> Any:

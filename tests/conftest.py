@@ -23,6 +23,7 @@ os.environ.update(
         "DO_NOT_TRACK": "1",
         "GX_ANALYTICS_ENABLED": "false",
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "HYPOTHESIS_STORAGE_DIRECTORY": str(_SESSION_HOME / "hypothesis"),  # not ./.hypothesis
     }
 )
 os.environ.pop("PREFECT_API_URL")

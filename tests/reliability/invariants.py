@@ -83,7 +83,7 @@ def champion_invariant(client: MlflowClient, model_name: str, result: Checked) -
     result.expect(run.info.status == "FINISHED", f"{name}: its run is {run.info.status}")
     recorded = json.loads(champion.tags.get(TAG_RUN_MANIFEST, "{}"))
     result.expect(bool(recorded), f"{name}: no recorded hashes of its run's artifacts")
-    found = run_manifest(champion.run_id)
+    found = run_manifest(champion.run_id, client)
     problems = differences(recorded, {path: digest for path, digest in found.items() if path in recorded})
     result.expect(not problems, f"{name}: run artifacts differ from the recorded hashes: {problems}")
     try:

@@ -19,6 +19,7 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 from prefect.logging import disable_run_logger
 from sklearn.pipeline import Pipeline
 
+from tasks.artifacts import SKOPS_TRUSTED_TYPES, hash_tags
 from tasks.inference_log import CONFIDENCE, PREDICTION, InferenceLog
 from tasks.ingest import LandedBatch, frame_to_parquet_bytes, load_nycflights13
 from tasks.model import build_pipeline, features_and_target
@@ -26,7 +27,6 @@ from tasks.registry import VersionRef, get_version
 from tasks.score import ScoringResult, record_labels, score, score_frame
 from tasks.settings import TimeWindow, TrainingConfig, load_config
 from tasks.stores import DataStore, Stores
-from tasks.train import SKOPS_TRUSTED_TYPES
 from tasks.validate import BatchRejected, build_schema, validate
 
 WEEK = TimeWindow(start=date(2013, 1, 1), end=date(2013, 1, 8))
@@ -81,7 +81,7 @@ def register(pipeline: Pipeline, name: str, artifacts: Path) -> VersionRef:
             skops_trusted_types=SKOPS_TRUSTED_TYPES,
             pip_requirements=[],
         )
-    version = mlflow.register_model(info.model_uri, name)
+    version = mlflow.register_model(info.model_uri, name, tags=hash_tags(info.model_uri))
     return get_version(name, str(version.version))
 
 
