@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from prefect import flow
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
 from pydantic import ValidationError
 
 from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_UNAVAILABLE, load_or_report, parser_with_config
@@ -64,6 +67,16 @@ def training(config: TrainingConfig, window: TimeWindow | None = None, reason: s
         )
 
 
+def quiet_prefect_shutdown() -> None:
+    """Flush Prefect's log and event workers now, silently, so our one line is the last one.
+
+    With the API down, the log worker would print "Error logging to API" after it at exit.
+    """
+    logging.raiseExceptions = False  # the worker only prints its error when this is true
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = parser_with_config("Run the training flow once, in this process.")
     parser.add_argument("--reason", default="manual", help="why this run happens; recorded on the model")
@@ -88,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if (down := unavailable(error, Stores.from_env().mlflow_tracking_uri)) is None:
             raise
+        quiet_prefect_shutdown()
         print(f"training stopped: {down}; nothing was promoted. Rerun when it is back.", file=sys.stderr)
         return EXIT_UNAVAILABLE
     print(f"{decision.model_name} version {decision.version}: {decision.outcome} - {decision.reason}")

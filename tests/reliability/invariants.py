@@ -20,6 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
+import mlflow
 import optuna
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -49,6 +50,8 @@ class Checked:
 
 def check(stores: Stores, model_name: str, dataset: str, prefect_api: str | None = None) -> Checked:
     client = MlflowClient(tracking_uri=stores.mlflow_tracking_uri, registry_uri=stores.mlflow_tracking_uri)
+    mlflow.set_tracking_uri(stores.mlflow_tracking_uri)  # `models:/` downloads resolve through these
+    mlflow.set_registry_uri(stores.mlflow_tracking_uri)
     result = Checked()
     champion_invariant(client, model_name, result)
     batches_invariant(DataStore(stores.data_uri), dataset, result)
