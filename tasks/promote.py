@@ -127,7 +127,7 @@ def apply_decision(
                 f"version {duplicate.version} was registered from the same data, config and code while "
                 "this run trained; this candidate is not registered"
             )
-            _record_run(client, candidate.run_id, "superseded", reason, None)
+            _record_run(client, candidate.run_id, "superseded", reason)
             return Decision(name, None, "superseded", reason, before, before)
         if not report.passed:
             outcome, reason = "rejected", report.reason
@@ -143,7 +143,7 @@ def apply_decision(
                 client.set_registered_model_alias(name, PREVIOUS, before)
             client.set_registered_model_alias(name, CHAMPION, version)
             _record(client, name, version, {TAG_DECISION: "promoted", TAG_REPLACED: before or "none"})
-        _record_run(client, candidate.run_id, outcome, reason, version)
+        _record_run(client, candidate.run_id, outcome, reason)
     return Decision(name, version, outcome, reason, before, version if outcome == "promoted" else before)
 
 
@@ -181,15 +181,13 @@ def _register(
         TAG_DECIDED_AT: datetime.now(UTC).isoformat(),
     }
     version = mlflow.register_model(candidate.model_uri, candidate.name, tags=tags).version
-    client.set_tag(candidate.run_id, TAG_VERSION, str(version))
+    client.set_tag(candidate.run_id, TAG_VERSION, str(version))  # before the aliases: recovery finds it
     return str(version)
 
 
-def _record_run(client: MlflowClient, run_id: str, outcome: str, reason: str, version: str | None) -> None:
+def _record_run(client: MlflowClient, run_id: str, outcome: str, reason: str) -> None:
     client.set_tag(run_id, TAG_DECISION, outcome)
     client.set_tag(run_id, TAG_DECISION_REASON, reason[:4000])
-    if version is not None:
-        client.set_tag(run_id, TAG_VERSION, version)
 
 
 def rollback(client: MlflowClient, name: str, reason: str, lock_dir: Path) -> Decision:

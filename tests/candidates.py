@@ -7,9 +7,14 @@ logged model with its file hashes recorded, and an idempotency key.
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import mlflow
 import numpy as np
+import pytest
+from mlflow import MlflowClient
+from mlflow.tracking import _tracking_service
+from mlflow.tracking._model_registry import utils as registry_utils
 from sklearn.dummy import DummyClassifier
 
 from tasks.artifacts import hash_tags
@@ -33,3 +38,15 @@ def logged_candidate(name: str, key: str | None = None) -> Candidate:
         idempotency_key=key,
         version_tags={**hashes, TAG_IDEMPOTENCY_KEY: key, "driftloop.run_id": run.info.run_id},
     )
+
+
+def registry_of_its_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, experiment: str) -> MlflowClient:
+    """Point MLflow's global URIs at a SQLite registry under `tmp_path` (restored after the test)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setattr(_tracking_service.utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment_id = mlflow.create_experiment(experiment, artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)

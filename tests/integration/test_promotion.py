@@ -11,17 +11,14 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow import MlflowClient
-from mlflow.tracking import _tracking_service
-from mlflow.tracking._model_registry import utils as registry_utils
 
 from tasks.gate import Check, GateReport
 from tasks.promote import Decision, RollbackError, apply_decision, rollback
 from tasks.registry import CHAMPION, PREVIOUS, TAG_DECISION, TAG_DECISION_REASON, TAG_REPLACED
 from tasks.train import Candidate
-from tests.candidates import logged_candidate
+from tests.candidates import logged_candidate, registry_of_its_own
 
 NAME = "guarded-model"
 
@@ -40,14 +37,7 @@ def report(passed: bool, why: str = "improvement 0.0100 over champion") -> GateR
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
     """A registry of this test's own; MLflow's global URIs point at it and come back after."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setattr(_tracking_service.utils, "_tracking_uri", None)
-    monkeypatch.setattr(registry_utils, "_registry_uri", None)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    experiment = mlflow.create_experiment("promotion", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment(experiment_id=experiment)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return registry_of_its_own(tmp_path, monkeypatch, "promotion")
 
 
 @pytest.fixture

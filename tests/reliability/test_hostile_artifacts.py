@@ -16,8 +16,6 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from mlflow.tracking import _tracking_service
-from mlflow.tracking._model_registry import utils as registry_utils
 from prefect.logging import disable_run_logger
 
 from tasks.artifacts import UntrustedModelError, hash_tags, load_version
@@ -27,7 +25,7 @@ from tasks.registry import get_version
 from tasks.score import score
 from tasks.settings import load_config
 from tasks.stores import DataStore, Stores
-from tests.candidates import logged_candidate
+from tests.candidates import logged_candidate, registry_of_its_own
 
 NAME = "hostile-model"
 
@@ -44,14 +42,7 @@ class Payload:
 
 @pytest.fixture
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setattr(_tracking_service.utils, "_tracking_uri", None)
-    monkeypatch.setattr(registry_utils, "_registry_uri", None)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    experiment = mlflow.create_experiment("hostile", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment(experiment_id=experiment)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return registry_of_its_own(tmp_path, monkeypatch, "hostile")
 
 
 def passed() -> GateReport:
