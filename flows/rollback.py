@@ -8,6 +8,8 @@ import sys
 from mlflow import MlflowClient
 from prefect import flow, get_run_logger
 
+from tasks.audit import AuditLog, publish_history
+from tasks.card import publish_card
 from tasks.promote import Decision, RollbackError, rollback
 from tasks.registry import connect
 from tasks.stores import Stores
@@ -18,7 +20,12 @@ def rollback_flow(model_name: str, reason: str = "manual rollback") -> Decision:
     """Move `champion` back to `previous-champion`; the rolled-back version records why."""
     stores = Stores.from_env()
     connect(stores=stores, model_name=model_name)
-    decision = rollback(MlflowClient(), model_name, reason, stores.lock_dir)
+    client = MlflowClient()
+    audit = AuditLog(stores.audit_dir, model_name)
+    decision = rollback(client, model_name, reason, stores.lock_dir, audit)
+    publish_history(client, audit)
+    for changed in {decision.champion_before, decision.champion_after} - {None}:
+        publish_card(client, model_name, str(changed), stores.audit_dir)  # "now serving" changed on both
     get_run_logger().info(
         "%s: champion %s -> %s (%s)", model_name, decision.champion_before, decision.champion_after, reason
     )

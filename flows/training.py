@@ -12,10 +12,11 @@ from pydantic import ValidationError
 
 from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_UNAVAILABLE, load_or_report, parser_with_config
 from tasks.evaluate import evaluate, rejudge_against
+from tasks.explain import explain
 from tasks.gate import gate
 from tasks.ingest import BatchReadError, ingest
 from tasks.lineage import prepare
-from tasks.promote import Decision, find_earlier_decision, promote
+from tasks.promote import Decision, find_earlier_decision, model_card, promote
 from tasks.recovery import flow_run_lease, recover
 from tasks.registry import connect, find_champion
 from tasks.services import unavailable
@@ -29,7 +30,10 @@ from tasks.validate import BatchRejected, validate
 
 @flow(name="training")
 def training(config: TrainingConfig, window: TimeWindow | None = None, reason: str = "manual") -> Decision:
-    """Ingest, validate, split, tune, train, evaluate against the champion, gate, promote.
+    """Ingest, validate, split, tune, train, evaluate against the champion, explain, gate, promote.
+
+    Every decision is appended to the promotion history, and the version's model card is
+    published to MLflow and the Prefect UI.
 
     `window` overrides the config's training window; `reason` says why the run happened
     (manual, schedule, or the id of the drift event that triggered it) and is recorded.
@@ -57,14 +61,17 @@ def training(config: TrainingConfig, window: TimeWindow | None = None, reason: s
         )
         candidate = train(config=config, splits=splits, tuning=tuning, batches=batches, context=context, stores=stores)
         evaluation = evaluate(config=config, holdout=splits.holdout, candidate=candidate, champion=incumbent)
+        explain(config=config, holdout=splits.holdout, candidate=candidate)
         report = gate(config=config, evaluation=evaluation, candidate=candidate)
-        return promote(
+        decision = promote(
             candidate=candidate,
             report=report,
             compared_with=evaluation.champion_version,
             stores=stores,
             rejudge=rejudge_against(config=config, holdout=splits.holdout, evaluation=evaluation),
         )
+        model_card(decision=decision, stores=stores)
+        return decision
 
 
 def quiet_prefect_shutdown() -> None:

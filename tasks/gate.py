@@ -8,7 +8,9 @@ check with its numbers, so a person reads why, not just what. Rules (from config
 2. it clears the absolute floor (`min_metric`; a ceiling for lower-is-better metrics);
 3. it beats the champion on the same holdout by a strictly positive margin of at least
    `min_improvement` (a tie never promotes: no churn for nothing);
-4. no slice large enough to judge (`min_slice_rows`) regresses by more than `max_slice_regression`.
+4. no slice large enough to judge (`min_slice_rows`) regresses by more than `max_slice_regression`;
+5. each bounded fairness gap (`fairness.bounds`) is a finite number within its bound. This holds
+   for every challenger, the first model included: fairness is not relative to the champion.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks.fairness import FairnessReport
 from tasks.notify import artifact_key
 from tasks.settings import GateConfig, TrainingConfig
 
@@ -38,6 +41,7 @@ class MetricReport:
 
     overall: dict[str, float]
     slices: SliceMetrics = field(default_factory=dict)
+    fairness: FairnessReport | None = None  # None: the config names no sensitive attribute
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ def decide(
     champion: MetricReport | None,
     champion_version: str | None = None,
     champion_error: str | None = None,
+    fairness_bounds: dict[str, float] | None = None,
 ) -> GateReport:
     sign = 1.0 if higher_is_better else -1.0
     value = challenger.overall.get(metric, math.nan)
@@ -123,6 +128,8 @@ def decide(
         ok = _finite(value) and sign * (value - rules.min_metric) >= 0
         bound = ">=" if higher_is_better else "<="
         checks.append(Check("minimum metric", ok, f"{metric} {_fmt(value)} must be {bound} {rules.min_metric}"))
+
+    checks += fairness_checks(fairness_bounds or {}, challenger.fairness)
 
     champion_value: float | None = None
     if champion_error is not None:
@@ -183,6 +190,28 @@ def slice_checks(
     return checks
 
 
+def fairness_checks(bounds: dict[str, float], report: FairnessReport | None) -> list[Check]:
+    """One check per bounded fairness metric; an unmeasured gap (NaN, no report) never passes."""
+    checks = []
+    for metric, bound in sorted(bounds.items()):
+        if report is None:
+            checks.append(Check(f"fairness {metric}", False, "fairness was not measured on this holdout"))
+            continue
+        gap = report.metrics.get(metric, math.nan)
+        measured = f"{len(report.groups)} groups of {report.attribute} measured"
+        if report.excluded:
+            measured += f", {len(report.excluded)} too small: {', '.join(report.excluded)}"
+        checks.append(
+            Check(
+                f"fairness {metric}",
+                _finite(gap) and gap <= bound,
+                f"{_fmt(gap) if _finite(gap) else 'not measurable (fewer than two groups)'} "
+                f"across {report.attribute}, allowed <= {bound} ({measured})",
+            )
+        )
+    return checks
+
+
 # --- the stage: decide, then show the report in Prefect and MLflow -----------------------------
 
 
@@ -197,6 +226,7 @@ def gate(config: TrainingConfig, evaluation: Evaluation, candidate: Candidate) -
         champion=evaluation.champion,
         champion_version=evaluation.champion_version,
         champion_error=evaluation.champion_error,
+        fairness_bounds=config.fairness.bounds,
     )
     title = f"Gate: {candidate.label}"
     markdown = report.markdown(title)

@@ -26,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 DRIFT_EVENT = "driftloop.drift.detected"
@@ -135,3 +136,29 @@ def _send(url: str, title: str, body: str) -> str:
         return "delivered" if sender.notify(title=title, body=body) else "NOT delivered"
     except Exception as error:  # its message may hold the URL: name the type only
         return f"NOT delivered ({type(error).__name__})"
+
+
+def publish_markdown(markdown: str, key: str, description: str) -> bool:
+    """A Prefect markdown artifact, from a run or from a plain command; False when there is no Prefect.
+
+    A plain command (the `driftloop` CLI) publishes only to a configured server, never to a
+    temporary one it would have to start, and a Prefect outage must not undo what it did: the
+    registry and the history already hold it, and the next flow run publishes again.
+    """
+    from prefect.context import get_run_context
+    from prefect.exceptions import MissingContextError
+    from prefect.settings import PREFECT_API_URL
+
+    try:
+        get_run_context()
+    except MissingContextError:
+        if not PREFECT_API_URL.value():
+            return False
+        try:
+            create_markdown_artifact(markdown, key=key, description=description)
+        except Exception as error:  # the server is down: said once, not raised
+            logging.getLogger(__name__).warning("the Prefect artifact %s was not published: %s", key, error)
+            return False
+        return True
+    create_markdown_artifact(markdown, key=key, description=description)
+    return True

@@ -29,6 +29,17 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.artifacts import TAG_RUN_MANIFEST, run_manifest
+from tasks.audit import (
+    FORCED_PROMOTION,
+    MANUAL_PROMOTION,
+    MANUAL_REFUSED,
+    PROMOTED,
+    ROLLED_BACK,
+    AuditLog,
+    gate_summary,
+    publish_history,
+)
+from tasks.card import publish_card
 from tasks.faults import AFTER_REGISTER, failpoint
 from tasks.gate import GateReport
 from tasks.recovery import PROMOTING
@@ -115,9 +126,14 @@ def apply_decision(
     compared_with: str | None,
     lock_dir: Path,
     rejudge: Rejudge | None = None,
+    audit: AuditLog | None = None,
 ) -> Decision:
-    """Register the candidate with its decision; move the aliases if and only if it beat the champion."""
+    """Register the candidate with its decision; move the aliases if and only if it beat the champion.
+
+    Every decision is appended to `audit` (the promotion history) before it is final on the version.
+    """
     name = candidate.name
+    trigger = candidate.version_tags.get("driftloop.reason", "unknown")
     with promotion_lock(lock_dir, name):
         current = version_by_alias(name, CHAMPION, client)
         before = current.version if current else None
@@ -128,6 +144,17 @@ def apply_decision(
                 "this run trained; this candidate is not registered"
             )
             _record_run(client, candidate.run_id, "superseded", reason)
+            if audit is not None:
+                audit.append(
+                    id=f"superseded-run:{candidate.run_id}",
+                    event="superseded",
+                    champion_before=before,
+                    champion_after=before,
+                    version=None,
+                    trigger=trigger,
+                    reason=reason,
+                    gate=gate_summary(report),
+                )
             return Decision(name, None, "superseded", reason, before, before)
         if not report.passed:
             outcome, reason = "rejected", report.reason
@@ -142,6 +169,18 @@ def apply_decision(
             if before is not None:
                 client.set_registered_model_alias(name, PREVIOUS, before)
             client.set_registered_model_alias(name, CHAMPION, version)
+        if audit is not None:  # before `promoted` is final: recovery re-appends the same id, a no-op
+            audit.append(
+                id=f"{outcome}:{version}",
+                event=outcome,
+                champion_before=before,
+                champion_after=version if outcome == "promoted" else before,
+                version=version,
+                trigger=trigger,
+                reason=reason,
+                gate=gate_summary(report),
+            )
+        if outcome == "promoted":
             _record(client, name, version, {TAG_DECISION: "promoted", TAG_REPLACED: before or "none"})
         _record_run(client, candidate.run_id, outcome, reason)
     return Decision(name, version, outcome, reason, before, version if outcome == "promoted" else before)
@@ -190,7 +229,7 @@ def _record_run(client: MlflowClient, run_id: str, outcome: str, reason: str) ->
     client.set_tag(run_id, TAG_DECISION_REASON, reason[:4000])
 
 
-def rollback(client: MlflowClient, name: str, reason: str, lock_dir: Path) -> Decision:
+def rollback(client: MlflowClient, name: str, reason: str, lock_dir: Path, audit: AuditLog | None = None) -> Decision:
     """Make `previous-champion` the champion again; the alias chain steps back one version."""
     with promotion_lock(lock_dir, name):
         current = version_by_alias(name, CHAMPION, client)
@@ -208,15 +247,99 @@ def rollback(client: MlflowClient, name: str, reason: str, lock_dir: Path) -> De
         if current is not None:
             _record(client, name, current.version, {TAG_DECISION: "rolled_back", TAG_DECISION_REASON: reason})
         client.set_model_version_tag(name, previous.version, "driftloop.restored_reason", reason)
+        if audit is not None:
+            before = current.version if current else None
+            audit.append(
+                id=f"{ROLLED_BACK}:{before}->{previous.version}:{datetime.now(UTC).isoformat()}",
+                event=ROLLED_BACK,
+                champion_before=before,
+                champion_after=previous.version,
+                version=previous.version,
+                trigger=reason,
+                reason=f"rolled back to version {previous.version}",
+            )
     before = current.version if current else None
     return Decision(name, before or "none", "rolled_back", reason, before, previous.version)
+
+
+class ManualPromotionError(RuntimeError):
+    """A manual promotion that cannot happen: the version is already champion, or the gate said no."""
+
+
+def promote_version(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    report: GateReport | None,
+    reason: str,
+    lock_dir: Path,
+    audit: AuditLog,
+    force: bool = False,
+) -> Decision:
+    """Make a registered version champion by hand: only if `report` passed, unless forced (recorded).
+
+    `report` judged `version` against the champion of the moment; if the champion changed since,
+    the caller must judge again, so a stale verdict never moves the aliases.
+    """
+    with promotion_lock(lock_dir, name):
+        current = version_by_alias(name, CHAMPION, client)
+        before = current.version if current else None
+        if before == version:
+            raise ManualPromotionError(f"{name}: version {version} is already the champion")
+        if report is not None and (report.champion_version or None) != before:
+            raise ManualPromotionError(
+                f"{name}: the champion changed to {before} while version {version} was judged; run it again"
+            )
+        passed = report is not None and report.passed
+        gate = gate_summary(report) if report is not None else None
+        stamp = datetime.now(UTC).isoformat()
+        if not passed and not force:
+            why = report.reason if report is not None else "not judged"
+            audit.append(
+                id=f"{MANUAL_REFUSED}:{version}:{stamp}",
+                event=MANUAL_REFUSED,
+                champion_before=before,
+                champion_after=before,
+                version=version,
+                trigger=reason,
+                reason=why,
+                gate=gate,
+            )
+            raise ManualPromotionError(f"{name}: the gate rejected version {version}: {why}")
+        if before is not None:
+            client.set_registered_model_alias(name, PREVIOUS, before)
+        client.set_registered_model_alias(name, CHAMPION, version)
+        event = MANUAL_PROMOTION if passed else FORCED_PROMOTION
+        why = f"{reason}; gate {'passed' if passed else 'OVERRIDDEN with --force'}"
+        audit.append(
+            id=f"{event}:{version}:{stamp}",
+            event=event,
+            champion_before=before,
+            champion_after=version,
+            version=version,
+            trigger=reason,
+            reason=why,
+            gate=gate,
+            forced=not passed,
+        )
+        _record(
+            client,
+            name,
+            version,
+            {TAG_DECISION: PROMOTED, TAG_DECISION_REASON: why[:4000], TAG_REPLACED: before or "none"}
+            | ({"driftloop.forced": "true"} if not passed else {}),
+        )
+    return Decision(name, version, PROMOTED, why, before, version)
 
 
 @task(cache_policy=NO_CACHE)
 def promote(
     candidate: Candidate, report: GateReport, compared_with: str | None, stores: Stores, rejudge: Rejudge | None = None
 ) -> Decision:
-    decision = apply_decision(MlflowClient(), candidate, report, compared_with, stores.lock_dir, rejudge)
+    client = MlflowClient()
+    audit = AuditLog(stores.audit_dir, candidate.name)
+    decision = apply_decision(client, candidate, report, compared_with, stores.lock_dir, rejudge, audit)
+    publish_history(client, audit)
     get_run_logger().info(
         "%s version %s %s: %s (champion %s -> %s)",
         decision.model_name,
@@ -227,6 +350,16 @@ def promote(
         decision.champion_after,
     )
     return decision
+
+
+@task(name="model-card", cache_policy=NO_CACHE)
+def model_card(decision: Decision, stores: Stores) -> str | None:
+    """The card of the version just decided on (none when nothing was registered or decided anew)."""
+    if decision.version is None or decision.reused:
+        return None
+    card = publish_card(MlflowClient(), decision.model_name, decision.version, stores.audit_dir)
+    get_run_logger().info("model card of %s version %s published", decision.model_name, decision.version)
+    return card
 
 
 @task(name="earlier-decision", cache_policy=NO_CACHE)

@@ -179,7 +179,7 @@ def reconcile_run(
     flow_run_id = record["flow_run_id"]
     repairs.dead_runs.append(flow_run_id)
     client = MlflowClient(tracking_uri=stores.mlflow_tracking_uri, registry_uri=stores.mlflow_tracking_uri)
-    steps = [lambda: _finish_mlflow(client, flow_run_id, stores.lock_dir, repairs)]
+    steps = [lambda: _finish_mlflow(client, flow_run_id, stores, repairs)]
     if optuna:
         steps.append(lambda: _fail_trials(stores.optuna_storage, flow_run_id, repairs))
     if mark_prefect:
@@ -191,7 +191,7 @@ def reconcile_run(
             repairs.errors.append(f"{flow_run_id}: {type(error).__name__}: {error}")
 
 
-def _finish_mlflow(client: MlflowClient, flow_run_id: str, lock_dir: Path, repairs: Repairs) -> None:
+def _finish_mlflow(client: MlflowClient, flow_run_id: str, stores: Stores, repairs: Repairs) -> None:
     runs = client.search_runs(
         experiment_ids=[e.experiment_id for e in client.search_experiments()],
         filter_string=f"tags.`{TAG_FLOW_RUN}` = '{flow_run_id}'",
@@ -200,7 +200,7 @@ def _finish_mlflow(client: MlflowClient, flow_run_id: str, lock_dir: Path, repai
         version = run.data.tags.get(TAG_VERSION)
         model_name = run.data.tags.get("driftloop.model_name")
         if version and model_name:
-            finished = finish_promotion(client, model_name, version, lock_dir)
+            finished = finish_promotion(client, model_name, version, stores.lock_dir, stores.audit_dir)
             if finished:
                 repairs.promotions_finished.append(f"{model_name}/{version}: {finished}")
         if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
@@ -211,8 +211,15 @@ def _finish_mlflow(client: MlflowClient, flow_run_id: str, lock_dir: Path, repai
             client.set_tag(run.info.run_id, TAG_DECISION_REASON, f"flow run {flow_run_id} died before a decision")
 
 
-def finish_promotion(client: MlflowClient, name: str, version: str, lock_dir: Path) -> str | None:
-    """Complete a promotion interrupted between registering the version and moving the aliases."""
+def finish_promotion(
+    client: MlflowClient, name: str, version: str, lock_dir: Path, audit_dir: Path | None = None
+) -> str | None:
+    """Complete a promotion interrupted between registering the version and moving the aliases.
+
+    The decision goes into the promotion history under the id the interrupted run would have
+    used, so it is there exactly once whether or not that run got as far as writing it.
+    """
+    from tasks.audit import AuditLog  # audit needs nothing from here; kept local like promote
     from tasks.promote import promotion_lock  # promote imports this module
 
     tags = client.get_model_version(name, version).tags
@@ -234,6 +241,17 @@ def finish_promotion(client: MlflowClient, name: str, version: str, lock_dir: Pa
         else:
             outcome = "superseded"
             reason = f"champion changed from {compared_with} to {before} before this interrupted promotion finished"
+        if audit_dir is not None:
+            AuditLog(audit_dir, name).append(
+                id=f"{outcome}:{version}",
+                event=outcome,
+                champion_before=compared_with if compared_with != "none" else None,
+                champion_after=version if outcome == "promoted" else before,
+                version=version,
+                trigger=tags.get("driftloop.reason", "unknown"),
+                reason=reason,
+                actor="reconciliation (tasks/recovery.py)",
+            )
         for key, value in {
             TAG_DECISION: outcome,
             TAG_DECISION_REASON: reason,

@@ -259,6 +259,59 @@ class MonitoringConfig(Strict):
     retrain_window_days: int = Field(59, ge=7, le=3660, description="trailing window a drift retrain uses")
 
 
+# Group-fairness metrics each task type can be bounded on (tasks/fairness.py computes them).
+# Each is the largest gap between two groups of the sensitive attribute; 0 is perfect parity.
+FAIRNESS_METRICS: dict[TaskType, tuple[str, ...]] = {
+    "binary": ("demographic_parity_difference", "equalized_odds_difference"),
+    "multiclass": ("demographic_parity_difference", "accuracy_difference"),
+    "regression": ("mean_prediction_difference", "mae_difference"),
+}
+
+
+class FairnessConfig(Strict):
+    """Group fairness across one sensitive attribute, reported always and gated where bounded.
+
+    Binary models are judged at `threshold` on P(positive): demographic parity compares the
+    share predicted positive per group, equalized odds the true- and false-positive rates.
+    Regression compares the mean prediction and the mean absolute error per group. Groups with
+    fewer than `min_group_rows` rows are listed, not measured (their rates are noise).
+    """
+
+    sensitive: str | None = Field(None, description="categorical column whose groups are compared")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="binary: P(positive) at which a row counts as positive")
+    min_group_rows: int = Field(100, ge=1)
+    bounds: dict[str, float] = Field(
+        default_factory=dict, description="metric -> largest allowed difference; the gate rejects above it"
+    )
+
+    @field_validator("bounds")
+    @classmethod
+    def _finite_bounds(cls, bounds: dict[str, float]) -> dict[str, float]:
+        for metric, bound in bounds.items():
+            if not math.isfinite(bound) or bound < 0:
+                raise ValueError(f"fairness.bounds.{metric}: {bound} is not a finite number >= 0")
+        return bounds
+
+
+class ExplanationConfig(Strict):
+    """Explanations logged with every candidate (tasks/explain.py), on a sample of the holdout."""
+
+    sample_rows: int = Field(5000, ge=100, le=1_000_000, description="holdout rows used (a seeded sample)")
+    n_repeats: int = Field(5, ge=1, le=100, description="shuffles per feature for permutation importance")
+    top_features: int = Field(3, ge=1, le=50, description="partial-dependence plots for this many features")
+    grid_resolution: int = Field(20, ge=5, le=200)
+    shap: bool = Field(True, description="also SHAP values, when the shap package is installed")
+
+
+class CardConfig(Strict):
+    """What a model card says that the data cannot: its purpose and the limits people must know."""
+
+    intended_use: str = Field("", description="who uses the predictions, for what; default: the description")
+    out_of_scope: list[str] = Field(default_factory=list, description="uses the model was not built for")
+    limitations: list[str] = Field(default_factory=list, description="known limits, stated plainly")
+    owners: list[str] = Field(default_factory=list, description="who answers for the model")
+
+
 class TrainingConfig(Strict):
     """Everything the training flow needs to know about one dataset."""
 
@@ -279,6 +332,9 @@ class TrainingConfig(Strict):
     tuning: TuningConfig
     gate: GateConfig
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
+    explanations: ExplanationConfig = Field(default_factory=ExplanationConfig)
+    card: CardConfig = Field(default_factory=CardConfig)
 
     @field_validator("name", "model_name")
     @classmethod
@@ -315,6 +371,14 @@ class TrainingConfig(Strict):
             for key in ("min_improvement", "max_slice_regression"):
                 if getattr(self.gate, key) > 1:
                     problems.append(f"gate.{key}: {self.gate.metric} lies in [0, 1], so a margin above 1 is impossible")
+        if self.fairness.sensitive is not None and self.fairness.sensitive not in self.features.categorical:
+            problems.append(f"fairness.sensitive {self.fairness.sensitive!r} must be a categorical feature")
+        if bad := sorted(set(self.fairness.bounds) - set(FAIRNESS_METRICS[self.task])):
+            problems.append(
+                f"fairness.bounds {bad} do not fit task {self.task!r}; choose from {list(FAIRNESS_METRICS[self.task])}"
+            )
+        if self.fairness.bounds and self.fairness.sensitive is None:
+            problems.append("fairness.bounds need fairness.sensitive: the attribute whose groups are compared")
         if overlap := set(self.model.params) & set(self.tuning.search_space):
             problems.append(f"parameters both fixed and tuned: {sorted(overlap)}")
         if problems:

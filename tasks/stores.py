@@ -32,6 +32,7 @@ class Stores:
     optuna_storage: str
     data_uri: str
     lock_dir: Path
+    audit_dir: Path  # the append-only promotion history (tasks/audit.py); shared, like lock_dir
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Stores:
@@ -46,6 +47,7 @@ class Stores:
             optuna_storage=env.get("DRIFTLOOP_OPTUNA_STORAGE", f"journal:{home / 'optuna' / 'journal.log'}"),
             data_uri=env.get("DRIFTLOOP_DATA_URI", (home / "data").as_uri()),
             lock_dir=Path(env.get("DRIFTLOOP_LOCK_DIR", str(home / "locks"))),
+            audit_dir=Path(env.get("DRIFTLOOP_AUDIT_DIR", str(home / "audit"))),
         )
 
     def ensure_local_dirs(self) -> None:

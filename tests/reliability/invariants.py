@@ -8,6 +8,8 @@
    no version is left without one (`pending`, `promoting`).
 4. At most one version per idempotency key (same data, config and code).
 5. Nothing is left running in Prefect, MLflow or Optuna.
+6. The promotion history is intact (its hash chain verifies), records each version's decision
+   exactly once, and ends where the registry is: its last entry's champion is the champion.
 
 `check` returns the list of violations (empty when all hold), so a failing test shows all of them.
 """
@@ -26,6 +28,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from tasks.artifacts import TAG_RUN_MANIFEST, UntrustedModelError, differences, load_version, run_manifest
+from tasks.audit import AuditLog
 from tasks.registry import CHAMPION, TAG_DECISION, TAG_GATE_PASSED, TAG_IDEMPOTENCY_KEY, TAG_VERSION
 from tasks.stores import DataStore, Stores
 from tasks.tune import make_storage
@@ -57,11 +60,12 @@ def check(stores: Stores, model_name: str, dataset: str, prefect_api: str | None
     batches_invariant(DataStore(stores.data_uri), dataset, result)
     decisions_invariant(client, model_name, result)
     nothing_running(client, stores.optuna_storage, prefect_api, result)
+    history_invariant(client, AuditLog(stores.audit_dir, model_name), result)
     return result
 
 
 def assert_invariants(stores: Stores, model_name: str, dataset: str, prefect_api: str | None = None) -> int:
-    """Check all five; fail with every violation listed. Returns how many checks ran."""
+    """Check all six; fail with every violation listed. Returns how many checks ran."""
     result = check(stores, model_name, dataset, prefect_api)
     assert not result.violations, "invariants violated:\n  " + "\n  ".join(result.violations)
     return result.checks
@@ -155,3 +159,19 @@ def nothing_running(client: MlflowClient, optuna_storage: str, prefect_api: str 
         body = {"flow_runs": {"state": {"type": {"any_": ["RUNNING", "PENDING", "CANCELLING"]}}}}
         runs = httpx.post(f"{prefect_api}/flow_runs/filter", json=body, timeout=10).json()
         result.expect(not runs, f"Prefect flow runs still active: {[(r['name'], r['state_type']) for r in runs]}")
+
+
+def history_invariant(client: MlflowClient, log: AuditLog, result: Checked) -> None:
+    entries = log.entries()
+    result.expect(not log.verify(), f"promotion history broken: {log.verify()}")
+    decided = Counter(e.version for e in entries if e.event in {"promoted", "rejected", "superseded"})
+    for version in _versions(client, log.model):
+        if version.tags.get(TAG_DECISION) in FINAL_VERSION_DECISIONS:
+            count = decided[str(version.version)]
+            result.expect(count == 1, f"version {version.version}: {count} decisions in the history (expected 1)")
+    try:
+        champion: str | None = str(client.get_model_version_by_alias(log.model, CHAMPION).version)
+    except MlflowException:
+        champion = None
+    last = entries[-1].champion_after if entries else None
+    result.expect(last == champion, f"history ends with champion {last}, the registry says {champion}")
