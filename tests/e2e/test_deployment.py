@@ -184,9 +184,22 @@ def test_prefect_ui_shows_the_deployments_and_the_drift_report(world: LocalStack
     assert "temp" in report  # the rendered summary names the shifted column
     assert f"drift-report-{MODEL}" in dom(f"{ui}/artifacts")  # the link to the HTML report is listed
 
+    # The model card and the promotion history of the deployment-run trainings, rendered.
+    pages = {}
+    for key, heading in ((f"model-card-{MODEL}", "Model card"), (f"promotion-history-{MODEL}", "Promotion history")):
+        found = httpx.post(
+            f"{world.api_url}/artifacts/latest/filter", json={"artifacts": {"key": {"any_": [key]}}}, timeout=10
+        ).json()
+        assert found, f"no {key} artifact was published"
+        pages[key] = f"{ui}/artifacts/artifact/{found[0]['latest_id']}"
+        text = rendered_text(pages[key])
+        assert heading in text, text[:2000]
+    assert "Intended use" in rendered_text(pages[f"model-card-{MODEL}"])
+
     shots = [
         screenshot(f"{ui}/deployments", tmp_path / "deployments.png"),
         screenshot(page, tmp_path / "drift-artifact.png"),
+        screenshot(pages[f"model-card-{MODEL}"], tmp_path / "model-card.png"),
     ]
     for shot in shots:
         assert shot.read_bytes()[:4] == b"\x89PNG"

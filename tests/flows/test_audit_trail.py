@@ -285,6 +285,7 @@ def test_promote_through_the_gate_then_refuse_then_force_then_roll_back(
     assert main(["--config", config_file, "promote", "--version", "3", "--force", "--reason", "test: override"]) == 0
     assert client.get_registered_model(name).aliases == {CHAMPION: 3, PREVIOUS: 2}
     assert client.get_model_version(name, "3").tags["driftloop.forced"] == "true"
+    assert "OVERRIDDEN with --force" in client.get_model_version(name, "3").tags["driftloop.decision_reason"]
 
     assert main(["--config", config_file, "rollback", "--reason", "test: undo the override"]) == 0
     assert client.get_registered_model(name).aliases[CHAMPION] == 2
@@ -298,7 +299,6 @@ def test_promote_through_the_gate_then_refuse_then_force_then_roll_back(
     ]
     assert all("@" in e.actor for e in log.entries()[4:])
     assert log.verify() == []
-    assert "OVERRIDDEN with --force" in client.get_model_version(name, "3").tags["driftloop.decision_reason"]
 
 
 def test_rollback_with_nothing_to_return_to_is_refused(config_file: str, capsys: pytest.CaptureFixture[str]) -> None:
