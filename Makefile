@@ -15,6 +15,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 export DO_NOT_TRACK ?= 1
 export GX_ANALYTICS_ENABLED ?= false
+# a progress bar per model download would flood the run logs
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 export PREFECT_PORT ?= 4200
 export MLFLOW_PORT ?= 5000
 

@@ -117,8 +117,8 @@ def history(config: TrainingConfig, args: argparse.Namespace) -> int:
         print(f"{config.model_name}: {len(entries)} decisions ({log.path}), oldest first")
         for entry in entries:
             print(entry.describe())
-            if entry.gate and entry.gate.get("violations"):
-                print(f"    gate: {'; '.join(entry.gate['violations'])}")
+            if (violations := entry.gate_line()) is not None:
+                print(f"    gate: {violations}")
     if args.verify:
         problems = log.verify()
         if problems:

@@ -61,9 +61,17 @@ class AuditEntry:
             if self.champion_before != self.champion_after
             else f"champion stays {self.champion_after or 'none'}"
         )
-        version = f"v{self.version}" if self.version else "(not registered)"
-        forced = " FORCED" if self.forced else ""
-        return f"{self.at[:19]}Z  {self.event}{forced:<6} {version:<6} {move}; by {self.actor}; {self.trigger}"
+        event = f"{self.event}{' (FORCED)' if self.forced else ''}"
+        version = f"v{self.version}" if self.version else "-"
+        return f"{self.at[:19]}Z  {event:<26} {version:<5} {move:<22} by {self.actor}; trigger: {self.trigger}"
+
+    def gate_line(self, most: int = 3) -> str | None:
+        """The gate's violations, the first `most` of them (a slice-by-slice list can be long)."""
+        violations = (self.gate or {}).get("violations") or []
+        if not violations:
+            return None
+        more = f"; and {len(violations) - most} more" if len(violations) > most else ""
+        return "; ".join(violations[:most]) + more
 
 
 def entry_digest(fields: dict[str, Any]) -> str:

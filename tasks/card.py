@@ -26,7 +26,7 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from tasks.audit import AuditEntry, AuditLog
+from tasks.audit import ROLLED_BACK, AuditEntry, AuditLog
 from tasks.registry import (
     CHAMPION,
     PREVIOUS,
@@ -96,12 +96,17 @@ def _artifact_paths(client: MlflowClient, run_id: str, folder: str = "") -> list
     return paths
 
 
+def _rolled_back_from(entry: AuditEntry) -> str | None:
+    return entry.champion_before if entry.event == ROLLED_BACK else None
+
+
 def gather_facts(client: MlflowClient, name: str, version: str, audit_dir: Path | None = None) -> CardFacts:
     """Read everything a card says about `name` version `version` from the stores."""
     found = client.get_model_version(name, version)
     aliases = list(found.aliases or [])
     created = datetime.fromtimestamp(found.creation_timestamp / 1000, UTC).isoformat()
-    history = [e for e in AuditLog(audit_dir, name).entries() if e.version == version] if audit_dir else []
+    entries = AuditLog(audit_dir, name).entries() if audit_dir else []
+    history = [e for e in entries if version in (e.version, _rolled_back_from(e))]
     if not found.run_id:
         return CardFacts(name, version, created, aliases, dict(found.tags), None, history=history)
     run = client.get_run(found.run_id)
@@ -365,7 +370,10 @@ def section_history(facts: CardFacts) -> list[str]:
     if not facts.history:
         return ["## History", "", "No entry in the promotion history names this version.", ""]
     lines = ["## History", ""]
-    lines += [f"- {entry.describe()}" for entry in facts.history]
+    for entry in facts.history:
+        lines.append(f"- {entry.describe()}")
+        if (violations := entry.gate_line()) is not None:
+            lines.append(f"  - gate: {violations}")
     return [*lines, ""]
 
 
