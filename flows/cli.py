@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
@@ -67,6 +68,7 @@ class CommandFailed(Exception):
 
 def _client(config: TrainingConfig) -> tuple[MlflowClient, Stores]:
     """An MLflow client on our stores; MLflow is imported here so `--help` stays fast."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file read: noise
     import mlflow
     from mlflow import MlflowClient
 
