@@ -145,7 +145,7 @@ def card(config: TrainingConfig, args: argparse.Namespace) -> int:
 
 def promote(config: TrainingConfig, args: argparse.Namespace) -> int:
     from tasks.audit import AuditLog, publish_history
-    from tasks.card import publish_card
+    from tasks.card import publish_champion_change
     from tasks.evaluate import HoldoutUnavailable, judge_version
     from tasks.promote import ManualPromotionError, promote_version
     from tasks.registry import champion
@@ -174,16 +174,14 @@ def promote(config: TrainingConfig, args: argparse.Namespace) -> int:
     except ManualPromotionError as error:
         publish_history(client, audit)
         raise CommandFailed(f"promotion refused: {error}") from error
-    publish_history(client, audit)
-    for changed in {decision.champion_before, decision.champion_after} - {None}:
-        publish_card(client, config.model_name, str(changed), stores.audit_dir)
+    publish_champion_change(client, audit, decision.champion_before, decision.champion_after)
     print(f"{config.model_name}: champion {decision.champion_before or 'none'} -> {decision.champion_after}")
     return EXIT_OK
 
 
 def rollback(config: TrainingConfig, args: argparse.Namespace) -> int:
-    from tasks.audit import AuditLog, publish_history
-    from tasks.card import publish_card
+    from tasks.audit import AuditLog
+    from tasks.card import publish_champion_change
     from tasks.promote import RollbackError
     from tasks.promote import rollback as roll_back
 
@@ -193,9 +191,7 @@ def rollback(config: TrainingConfig, args: argparse.Namespace) -> int:
         decision = roll_back(client, config.model_name, args.reason, stores.lock_dir, audit)
     except RollbackError as error:
         raise CommandFailed(f"rollback refused: {error}") from error
-    publish_history(client, audit)
-    for changed in {decision.champion_before, decision.champion_after} - {None}:
-        publish_card(client, config.model_name, str(changed), stores.audit_dir)
+    publish_champion_change(client, audit, decision.champion_before, decision.champion_after)
     print(f"{config.model_name}: champion {decision.champion_before} -> {decision.champion_after} ({args.reason})")
     return EXIT_OK
 

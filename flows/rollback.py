@@ -8,8 +8,8 @@ import sys
 from mlflow import MlflowClient
 from prefect import flow, get_run_logger
 
-from tasks.audit import AuditLog, publish_history
-from tasks.card import publish_card
+from tasks.audit import AuditLog
+from tasks.card import publish_champion_change
 from tasks.promote import Decision, RollbackError, rollback
 from tasks.registry import connect
 from tasks.stores import Stores
@@ -23,9 +23,7 @@ def rollback_flow(model_name: str, reason: str = "manual rollback") -> Decision:
     client = MlflowClient()
     audit = AuditLog(stores.audit_dir, model_name)
     decision = rollback(client, model_name, reason, stores.lock_dir, audit)
-    publish_history(client, audit)
-    for changed in {decision.champion_before, decision.champion_after} - {None}:
-        publish_card(client, model_name, str(changed), stores.audit_dir)  # "now serving" changed on both
+    publish_champion_change(client, audit, decision.champion_before, decision.champion_after)
     get_run_logger().info(
         "%s: champion %s -> %s (%s)", model_name, decision.champion_before, decision.champion_after, reason
     )

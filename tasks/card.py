@@ -421,3 +421,12 @@ def publish_card(client: MlflowClient, name: str, version: str, audit_dir: Path 
         client.log_text(facts.run_id, card, CARD_ARTIFACT)
     publish_markdown(card, key=artifact_key("model-card", name), description=f"{name} version {version}")
     return card
+
+
+def publish_champion_change(client: MlflowClient, log: AuditLog, before: str | None, after: str | None) -> None:
+    """After a rollback or a manual promotion: the history, and the cards of both versions ("now serving" moved)."""
+    from tasks.audit import publish_history
+
+    publish_history(client, log)
+    for version in {before, after} - {None}:
+        publish_card(client, log.model, str(version), log.path.parent)
