@@ -3,6 +3,7 @@ on CSV batches from a folder. Neither needed code, only configuration."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -82,9 +83,15 @@ def test_multiclass_on_csv_batches_trains_and_promotes(
     assert len(DataStore(Stores.from_env().data_uri).listing("processed", config.name)) == 2
     run = MlflowClient().get_run(MlflowClient().get_model_version(config.model_name, decision.version).run_id)
     assert 0 < run.data.metrics["holdout_f1_macro"] <= 1
-    # fairness measured across origins with the multiclass metrics, and the bound was checked
+    # fairness measured across origins with the multiclass metrics, and the gate checked the bound
     assert 0 <= run.data.metrics["fairness_accuracy_difference"] <= 0.5
     assert 0 <= run.data.metrics["fairness_demographic_parity_difference"] <= 1
     assert "fairness_equalized_odds_difference" not in run.data.metrics
+    report = json.loads(
+        Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="gate/report.json")).read_text()
+    )
+    [fairness_check] = [c for c in report["checks"] if c["rule"].startswith("fairness")]
+    assert fairness_check["rule"] == "fairness accuracy_difference"
+    assert fairness_check["passed"] is True
     model = mlflow.sklearn.load_model(f"models:/{config.model_name}@champion")
     assert sorted(model.classes_) == ["early", "late", "very-late"]
