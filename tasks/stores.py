@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,15 +115,34 @@ class DataStore:
         if path == target:
             return target
         self.fs.makedirs(self._path("processed", dataset), exist_ok=True)
-        if self.fs.exists(path):
-            self.fs.mv(path, target)
+        self._move_unless_gone(path, target)
         return target
+
+    def read_landed(self, path: str, dataset: str) -> bytes:
+        """A landed batch's bytes, also once a concurrent run on the same bytes has settled or quarantined it."""
+        name = path.rsplit("/", 1)[-1]
+        candidates = [path, self._path("processed", dataset, name), self._path("quarantine", dataset, name)]
+        for candidate in candidates:
+            try:
+                return self.read_bytes(candidate)
+            except FileNotFoundError:
+                continue
+        raise FileNotFoundError(f"batch {name} is in none of landed/, processed/ or quarantine/ of {dataset}")
+
+    def _move_unless_gone(self, source: str, target: str) -> None:
+        """Move `source` to `target`, unless it is gone: a run on the same bytes moved it first."""
+        try:
+            self.fs.mv(source, target)
+        except FileNotFoundError:
+            if self.fs.exists(source):
+                raise
 
     def put(self, area: str, dataset: str, name: str, data: bytes) -> str:
         """Write (or replace) one object atomically (readers never see half of it); `name` may contain `/`."""
         path = self._path(area, dataset, name)
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        tmp = f"{path}.partial"
+        # a name of its own: two runs landing the same bytes at once must not move each other's file
+        tmp = f"{path}.{uuid.uuid4().hex}.partial"
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, path)
         return path
@@ -144,8 +164,7 @@ class DataStore:
         self.fs.makedirs(self._path("quarantine", dataset), exist_ok=True)
         # the reason first: a crash in between leaves a reason and the batch still in landed/
         self.put("quarantine", dataset, f"{name}.reason.json", json.dumps(reason, indent=2, default=str).encode())
-        if self.fs.exists(path):
-            self.fs.mv(path, target)
+        self._move_unless_gone(path, target)
         return target
 
     def listing(self, area: str, dataset: str) -> list[str]:

@@ -277,7 +277,7 @@ def validate(
         try:
             frame, batch_failures = check_frame(
                 config,
-                parse_batch(batch.name, store.read_bytes(batch.path)),
+                parse_batch(batch.name, store.read_landed(batch.path, config.name)),
                 batch.name,
                 require_target=require_target,
             )
