@@ -10,6 +10,7 @@ by both processes: no "database is locked" may escape.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 from mlflow import MlflowClient
 
@@ -26,7 +27,12 @@ def registry(world: World) -> MlflowClient:
 
 
 def together(world: World, *runs: tuple[str, ...]) -> list[str]:
-    """Start every run at once, wait for all; returns their logs."""
+    """Start every run at once, wait for all; returns their logs.
+
+    Each run gets one OpenMP thread, as if on a worker of its own. Two runs each spinning two
+    OpenMP threads on two cores oversubscribe them: measured 455-887 s per test instead of ~135 s.
+    """
+    world = replace(world, env={**world.env, "OMP_NUM_THREADS": "1"})
     processes = [world.start_training(*args, log_name=f"run-{i}") for i, args in enumerate(runs)]
     codes = [p.wait(timeout=900) for p in processes]
     logs = [(world.home / f"run-{i}.log").read_text() for i in range(len(runs))]
