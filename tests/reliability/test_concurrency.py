@@ -30,7 +30,7 @@ def together(world: World, *runs: tuple[str, ...]) -> list[str]:
     """Start every run at once, wait for all; returns their logs.
 
     Each run gets one OpenMP thread, as if on a worker of its own. Two runs each spinning two
-    OpenMP threads on two cores oversubscribe them: measured 455-887 s per test instead of ~135 s.
+    OpenMP threads on two cores oversubscribe them: 363-887 s per test was measured, against ~135 s.
     """
     world = replace(world, env={**world.env, "OMP_NUM_THREADS": "1"})
     processes = [world.start_training(*args, log_name=f"run-{i}") for i, args in enumerate(runs)]
