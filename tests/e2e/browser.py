@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,18 +46,34 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
         )  # fmt: skip
 
 
-def dom(url: str) -> str:
-    """The page's DOM once its scripts have run."""
-    return _run("--dump-dom", url).stdout
-
-
-def rendered_text(url: str) -> str:
-    """The page's visible text once its scripts have run (tags stripped, spaces folded)."""
-    import re
-
-    page = dom(url)
+def _visible_text(page: str) -> str:
     body = page[page.find("<body") :]
     return " ".join(re.sub(r"<[^>]+>", " ", body).split())
+
+
+def _look(url: str, showing: tuple[str, ...], read: Callable[[str], str], looks: int = 4) -> str:
+    """`read` of the page's DOM once its scripts have run, and once it shows every string in `showing`.
+
+    The UI is a single-page app that fetches its data after loading: on a busy machine one look
+    can catch it before it mounted (seen in CI: an empty body). It looks again, at most `looks`
+    times, and returns the last look either way, so the caller's assertion shows what was there.
+    """
+    seen = ""
+    for _ in range(looks):
+        seen = read(_run("--dump-dom", url).stdout)
+        if all(text in seen for text in showing):
+            break
+    return seen
+
+
+def dom(url: str, showing: tuple[str, ...] = ()) -> str:
+    """The page's DOM once its scripts have run (and it shows `showing`)."""
+    return _look(url, showing, lambda page: page)
+
+
+def rendered_text(url: str, showing: tuple[str, ...] = ()) -> str:
+    """The page's visible text once its scripts have run (tags stripped, spaces folded)."""
+    return _look(url, showing, _visible_text)
 
 
 def screenshot(url: str, path: Path) -> Path:
