@@ -121,7 +121,7 @@ class DataStore:
     def read_landed(self, path: str, dataset: str) -> bytes:
         """A landed batch's bytes, also once a concurrent run on the same bytes has settled or quarantined it."""
         name = path.rsplit("/", 1)[-1]
-        candidates = [path, self._path("processed", dataset, name), self._path("quarantine", dataset, name)]
+        candidates = [path, self.processed_path(dataset, path), self._path("quarantine", dataset, name)]
         for candidate in candidates:
             try:
                 return self.read_bytes(candidate)
