@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from flows.rollback import rollback_flow
 from flows.training import main, training
@@ -65,14 +65,17 @@ def test_first_run_promotes_a_champion_with_full_lineage(home: Path, flights_con
 
 
 def test_gate_report_is_a_prefect_artifact(home: Path, flights_config: TrainingConfig) -> None:
-    training(config=flights_config)
+    # The harness's Prefect server is shared by the whole session, so other tests' runs have published
+    # gate reports under the same key: read the one this flow run published.
+    state = training(config=flights_config, return_state=True)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[artifact_key("gate", flights_config.model_name)])
+                key=ArtifactFilterKey(any_=[artifact_key("gate", flights_config.model_name)]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
             )
         )
-    assert artifacts, "the gate report was not published"
+    assert len(artifacts) == 1, "this run did not publish exactly one gate report"
     assert artifacts[0].type == "markdown"
     assert "PASSED" in str(artifacts[0].data)
 
