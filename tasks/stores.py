@@ -107,7 +107,11 @@ class DataStore:
 
     def processed_path(self, dataset: str, path: str) -> str:
         """Where a landed batch lives once it passed validation."""
-        return self._path("processed", dataset, path.rsplit("/", 1)[-1])
+        return self._moved_path("processed", dataset, path)
+
+    def _moved_path(self, area: str, dataset: str, path: str) -> str:
+        """Where a landed batch lives once moved to `area` (it keeps its content-addressed name)."""
+        return self._path(area, dataset, path.rsplit("/", 1)[-1])
 
     def settle(self, path: str, dataset: str) -> str:
         """Move a batch that passed validation from landed/ to processed/ (byte-identical); idempotent."""
@@ -120,13 +124,13 @@ class DataStore:
 
     def read_landed(self, path: str, dataset: str) -> bytes:
         """A landed batch's bytes, also once a concurrent run on the same bytes has settled or quarantined it."""
-        name = path.rsplit("/", 1)[-1]
-        candidates = [path, self.processed_path(dataset, path), self._path("quarantine", dataset, name)]
-        for candidate in candidates:
+        moved = [self._moved_path(area, dataset, path) for area in ("processed", "quarantine")]
+        for candidate in [path, *moved]:
             try:
                 return self.read_bytes(candidate)
             except FileNotFoundError:
                 continue
+        name = path.rsplit("/", 1)[-1]
         raise FileNotFoundError(f"batch {name} is in none of landed/, processed/ or quarantine/ of {dataset}")
 
     def _move_unless_gone(self, source: str, target: str) -> None:
@@ -159,8 +163,8 @@ class DataStore:
 
     def quarantine(self, path: str, dataset: str, reason: dict[str, Any]) -> str:
         """Move a landed batch to quarantine/ and write its machine-readable reason beside it."""
-        name = path.rsplit("/", 1)[-1]
-        target = self._path("quarantine", dataset, name)
+        target = self._moved_path("quarantine", dataset, path)
+        name = target.rsplit("/", 1)[-1]
         self.fs.makedirs(self._path("quarantine", dataset), exist_ok=True)
         # the reason first: a crash in between leaves a reason and the batch still in landed/
         self.put("quarantine", dataset, f"{name}.reason.json", json.dumps(reason, indent=2, default=str).encode())
