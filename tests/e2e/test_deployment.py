@@ -167,9 +167,10 @@ def test_prefect_ui_shows_the_deployments_and_the_drift_report(world: LocalStack
     (the drift test above produced it). Screenshots are kept under the test's folder."""
     ui = world.api_url.removesuffix("/api")
 
-    deployments = rendered_text(f"{ui}/deployments", showing=("training", "scoring", "monitoring"))
+    flow_names = ("training", "scoring", "monitoring")
+    deployments = rendered_text(f"{ui}/deployments", showing=flow_names)
     assert "Can't connect to Server API" not in deployments
-    for flow_name in ("training", "scoring", "monitoring"):
+    for flow_name in flow_names:
         assert flow_name in deployments, deployments[:2000]
 
     latest = httpx.post(
