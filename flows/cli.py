@@ -9,6 +9,7 @@ so it works when the Prefect server is down (it still publishes to a configured 
     driftloop promote --version N         make N champion if it passes the gate (--force overrides, recorded)
     driftloop rollback                    the previous champion back
     driftloop validate FILE               the data contract on one batch, nothing stored
+    driftloop replay --config FILE        backtest the config's dataset: the loop against its baselines
 
 Exit status: 0 done, 1 refused (the gate, the contract, nothing to roll back, a broken history),
 2 bad input (config, file, version), 3 a service unreachable. Failures print one line to stderr.
@@ -216,6 +217,12 @@ def validate(config: TrainingConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def replay(config: TrainingConfig, args: argparse.Namespace) -> int:
+    from flows.replay import run  # the whole stack: only this command pays for it
+
+    return run(args.config, args.periods)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="driftloop",
@@ -254,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("file", help="a .csv or .parquet batch")
     add.add_argument("--unlabelled", action="store_true", help="a batch to score: no target column required")
     add.set_defaults(handler=validate)
+
+    add = commands.add_parser(
+        "replay", help="backtest: replay the config's replay: periods through the loop on a local Prefect server"
+    )
+    add.add_argument("--config", default=argparse.SUPPRESS, help="dataset config with a replay: section")
+    add.add_argument("--periods", type=int, help="replay only the first N periods")
+    add.set_defaults(handler=replay)
     return parser
 
 

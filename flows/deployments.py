@@ -62,6 +62,7 @@ def build_deployments(config_path: Path) -> list[RunnerDeployment]:
     as_json: dict[str, Any] = config.model_dump(mode="json")
     tags = ["driftloop", config.name]
     scoring_interval = int(os.environ.get("DRIFTLOOP_SCORING_INTERVAL_SECONDS", DEFAULT_SCORING_INTERVAL_SECONDS))
+    scheduled = os.environ.get("DRIFTLOOP_SCHEDULES", "on") != "off"  # off: a replay plays its own time
 
     # `to_deployment` is sync-or-async by context; here it is sync, which mypy cannot see.
     def deployment(flow: Any, **kwargs: Any) -> RunnerDeployment:
@@ -79,13 +80,13 @@ def build_deployments(config_path: Path) -> list[RunnerDeployment]:
             scoring,
             description=f"Score new batches with {config.model_name}@champion into the inference log.",
             parameters={"config": as_json},
-            interval=scoring_interval if config.source.kind == "files" else None,
+            interval=scoring_interval if config.source.kind == "files" and scheduled else None,
         ),
         deployment(
             monitoring,
             description=f"Drift check of the inference log against {config.model_name}'s reference data.",
             parameters={"config": as_json},
-            cron=os.environ.get("DRIFTLOOP_MONITORING_CRON", DEFAULT_MONITORING_CRON),
+            cron=os.environ.get("DRIFTLOOP_MONITORING_CRON", DEFAULT_MONITORING_CRON) if scheduled else None,
         ),
         deployment(
             rollback_flow,

@@ -69,8 +69,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def stack_env(home: Path, poll_seconds: int = 2) -> dict[str, str]:
-    """The environment of a stack whose state lives under `home` (no PREFECT_API_URL yet)."""
+def stack_env(home: Path, poll_seconds: int = 2, schedules: bool = True) -> dict[str, str]:
+    """The environment of a stack whose state lives under `home` (no PREFECT_API_URL yet).
+
+    `schedules=False` serves the deployments without their schedules: a replay plays simulated
+    time, and a wall-clock run of scoring or monitoring would write today into its history.
+    """
     env = {
         **os.environ,
         "DRIFTLOOP_HOME": str(home),
@@ -80,6 +84,8 @@ def stack_env(home: Path, poll_seconds: int = 2) -> dict[str, str]:
         "PREFECT_RUNNER_POLL_FREQUENCY": str(poll_seconds),  # triggered runs start within seconds
     }
     env.pop("PREFECT_API_URL", None)
+    if not schedules:
+        env["DRIFTLOOP_SCHEDULES"] = "off"
     if env.get("PREFECT_SERVER_API_AUTH_STRING"):  # our clients must send what the server expects
         env.setdefault("PREFECT_API_AUTH_STRING", env["PREFECT_SERVER_API_AUTH_STRING"])
     return env
@@ -109,11 +115,11 @@ def prefect_server(home: Path, env: dict[str, str] | None = None) -> Iterator[tu
 
 
 @contextmanager
-def local_stack(home: Path, configs: list[Path], poll_seconds: int = 2) -> Iterator[LocalStack]:
+def local_stack(home: Path, configs: list[Path], poll_seconds: int = 2, schedules: bool = True) -> Iterator[LocalStack]:
     """Start a server with its own PREFECT_HOME under `home`, serve the configs' deployments."""
     logs = home / "run"
     with (
-        prefect_server(home, stack_env(home, poll_seconds)) as (api, env),
+        prefect_server(home, stack_env(home, poll_seconds, schedules)) as (api, env),
         (logs / "serve.log").open("wb") as serve_log,
     ):
         config_args = [arg for path in configs for arg in ("--config", str(path))]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from prefect import flow, get_run_logger
 
@@ -22,10 +22,14 @@ from tasks.stores import Stores
 
 
 @flow(name="monitoring")
-def monitoring(config: TrainingConfig, as_of: datetime | None = None) -> MonitoringOutcome:
+def monitoring(
+    config: TrainingConfig, as_of: datetime | None = None, labelled_until: date | None = None
+) -> MonitoringOutcome:
     """Check the last `monitoring.window_days` of the inference log against the champion's reference.
 
     `as_of` is the end of the checked window (default: now); the replay passes simulated time.
+    `labelled_until` is the day up to which labels have arrived (default: `as_of`): a retrain the
+    alert requests trains on the trailing labelled window ending there.
     """
     stores = Stores.from_env()
     as_of = (as_of or datetime.now(UTC)).astimezone(UTC)
@@ -45,7 +49,7 @@ def monitoring(config: TrainingConfig, as_of: datetime | None = None) -> Monitor
         )
     if not outcome.decision.retrain:
         return outcome
-    emitted = raise_alert(config=config, outcome=outcome, stores=stores)
+    emitted = raise_alert(config=config, outcome=outcome, stores=stores, labelled_until=labelled_until)
     if emitted is None:
         return outcome
     event_id, event_at = emitted

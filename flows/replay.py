@@ -1,14 +1,16 @@
-"""The replay: `make run`. 2013 through the whole loop, on a real local Prefect server.
+"""The replay (`make run`, `driftloop replay --config FILE`): any dataset's past through the whole loop.
 
-Train on January-February, then month by month: score the month with the champion, record its
-labels when the month ends, check drift; when the policy says so, the monitoring flow emits
-`driftloop.drift.detected` and the served training deployment's trigger retrains (gated, as
-always) before the next month is scored. At the end: a table and a plot of quality over time
-for the loop, a static model and retraining every month, as files and Prefect artifacts.
+On a real local Prefect server: train on the initial window, then period after period (the config's
+`replay:` section): score the period with the champion, let the labels that are due arrive, check
+drift; when the policy says so, the monitoring flow emits `driftloop.drift.detected` and the served
+training deployment's trigger retrains (gated, as always) before the next period is scored. At the
+end, beside the loop: a static model, retraining every period, and the hindsight frontier, each with
+its quality and its training cost, as files and Prefect artifacts.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from datetime import UTC, datetime
@@ -17,82 +19,139 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.cli import EXIT_BAD_INPUT, load_or_report, parser_with_config
+from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
 from flows.local_stack import local_stack
 from flows.monitoring import monitoring
 from flows.scoring import scoring
 from flows.training import training
-from tasks.replay import PeriodRow, baselines, decision_of, monthly_periods, publish_replay, wait_for_triggered_training
+from tasks.backtest import ReplayError, ReplayPlan
+from tasks.ingest import BatchReadError
+from tasks.replay import (
+    PeriodRow,
+    ReplaySummary,
+    backtest,
+    decision_of,
+    load_replay_data,
+    record_arrived_labels,
+    replay_data,
+    summarise,
+    training_cpu_seconds,
+    wait_for_triggered_training,
+)
+from tasks.replay_report import publish_replay
 from tasks.settings import TrainingConfig
 from tasks.stores import Stores
 
+INITIAL_REASON = "replay: initial training"
+
 
 @flow(name="replay")
-def replay(config: TrainingConfig, year: int = 2013, first_month: int = 3, last_month: int = 12) -> list[PeriodRow]:
-    """Replay `year` from `first_month` on, after an initial training run on the config's window."""
+def replay(config: TrainingConfig, periods: int | None = None) -> ReplaySummary:
+    """Replay the config's `replay:` periods (the first `periods` of them, when given)."""
     started = time.monotonic()
     logger = get_run_logger()
     stores = Stores.from_env()
-    first = training(config=config, reason="replay: initial training")
+    if config.replay is None:
+        raise ReplayError(f"{config.name}: the config has no replay: section to replay")
+    plan = ReplayPlan.from_config(config.replay, limit=periods)
+    data = replay_data(config=config, plan=plan)
+    first = training(config=config, window=config.initial_window, reason=INITIAL_REASON)
     logger.info("initial champion: version %s (%s)", first.version, first.outcome)
     if first.version is None:
         raise RuntimeError(f"the initial training registered no version: {first.reason}")
-    periods = monthly_periods(year, first_month, last_month)
-    drift: dict[str, tuple[str, float, bool, bool | None, str, float | None]] = {}
-    for index, period in enumerate(periods, start=1):
-        scoring(config=config, window=period, labels_window=period)
-        outcome = monitoring(config=config, as_of=datetime.combine(period.end, datetime.min.time(), tzinfo=UTC))
-        share = outcome.result.drifted_share if outcome.result else float("nan")
-        promoted, why, delay = None, "; ".join(outcome.decision.reasons), None
-        if outcome.event_id and outcome.event_at:
-            run = wait_for_triggered_training(config=config, event_id=outcome.event_id, emitted_at=outcome.event_at)
-            promoted, why = decision_of(config, f"drift event {outcome.event_id}")
-            delay = run["event_to_start_seconds"]
-        drift[period.label()] = (outcome.status, share, bool(outcome.event_id), promoted, why, delay)
-        logger.info(
-            "[%d/%d] %s: %s, retrain %s%s", index, len(periods), period.label(), outcome.status,
-            "started" if outcome.event_id else "not started",
-            "" if promoted is None else f", {'promoted' if promoted else 'rejected'}",
-        )  # fmt: skip
-    quality = baselines(config=config, periods=periods, static_version=first.version, stores=stores)
-    rows = [
-        PeriodRow(
-            period=label,
-            champion_version=str(quality[label]["champion_version"]),
-            rows=int(quality[label]["rows"]),
-            loop=quality[label]["loop"],
-            static=quality[label]["static"],
-            always=quality[label]["always"],
-            drift=status,
-            drift_share=share,
-            retrain_started=started_retrain,
-            promoted=promoted,
-            why=why,
-            event_to_start_seconds=delay,
+    rows: list[PeriodRow] = []
+    for index, period in enumerate(plan.periods):
+        if data.period_rows[index]:
+            scoring(config=config, window=period)
+        if (arrived := plan.labels_arriving(index)) is not None:
+            record_arrived_labels(config=config, window=arrived, stores=stores)
+        outcome = monitoring(
+            config=config,
+            as_of=datetime.combine(period.end, datetime.min.time(), tzinfo=UTC),
+            labelled_until=plan.labelled_until(index + 1),
         )
-        for label, (status, share, started_retrain, promoted, why, delay) in drift.items()
-    ]
-    publish_replay(config=config, rows=rows, stores=stores, seconds=time.monotonic() - started)
-    return rows
+        row = PeriodRow(
+            period=period.label(), champion_version="-", rows=data.period_rows[index], loop=float("nan"),
+            static=float("nan"), always=float("nan"), drift=outcome.status,
+            drift_share=outcome.result.drifted_share if outcome.result else float("nan"),
+            retrain_started=bool(outcome.event_id), promoted=None,
+            why="no rows in this period" if not data.period_rows[index] else "; ".join(outcome.decision.reasons),
+            event_to_start_seconds=None,
+        )  # fmt: skip
+        if outcome.event_id and outcome.event_at:
+            reason = f"drift event {outcome.event_id}"
+            run = wait_for_triggered_training(
+                config=config,
+                event_id=outcome.event_id,
+                emitted_at=outcome.event_at,
+                timeout_minutes=config.replay.training_timeout_minutes,
+            )
+            row.promoted, row.why = decision_of(config, reason)
+            if run["state"] != "COMPLETED":
+                row.why = f"the triggered run ended {run['state']}; the champion stays. {row.why}"
+            row.event_to_start_seconds = run["event_to_start_seconds"]
+            row.retrain_cpu_seconds = training_cpu_seconds(config, reason)
+        rows.append(row)
+        logger.info(
+            "[%d/%d] %s: %s, retrain %s%s", index + 1, len(plan.periods), period.label(), outcome.status,
+            "started" if outcome.event_id else "not started",
+            "" if row.promoted is None else f", {'promoted' if row.promoted else 'rejected'}",
+        )  # fmt: skip
+    for window in plan.labels_never_arrived():  # after the replay, so the loop can be measured on them too
+        record_arrived_labels(config=config, window=window, stores=stores)
+    baselines, loop, champions = backtest(
+        config=config, plan=plan, data=data, static_version=first.version, stores=stores
+    )
+    for index, row in enumerate(rows):
+        row.loop, row.champion_version = loop[index], champions[index]
+        if baselines is not None:
+            row.static, row.always = baselines.static[index], baselines.always[index]
+    summary = summarise(config, rows, baselines, training_cpu_seconds(config, INITIAL_REASON))
+    publish_replay(config=config, summary=summary, stores=stores, seconds=time.monotonic() - started)
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--periods", type=int, help="replay only the first N periods of the config's replay")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = parser_with_config("Replay 2013 through driftloop on a local Prefect server.")
-    parser.add_argument("--last-month", type=int, default=12, help="stop after this month (3-12)")
+    parser = add_arguments(parser_with_config("Replay a dataset's past through driftloop on a local Prefect server."))
     args = parser.parse_args(argv)
-    config = load_or_report(args.config)
+    return run(args.config, args.periods)
+
+
+def run(config_path: str, periods: int | None) -> int:
+    """Start a local server and the served deployments, replay, print the summary."""
+    config = load_or_report(config_path)
     if config is None:
+        return EXIT_BAD_INPUT
+    if config.replay is None:
+        print(f"{config_path}: no replay: section; add one (README: the backtest) to replay it", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if periods is not None and periods < 1:
+        print(f"--periods {periods}: replay at least one period", file=sys.stderr)
         return EXIT_BAD_INPUT
     stores = Stores.from_env()
     began = time.monotonic()
+    try:
+        load_replay_data(config, ReplayPlan.from_config(config.replay, limit=periods))  # fail before any server
+    except (ReplayError, BatchReadError) as error:
+        print(f"replay stopped: {error}", file=sys.stderr)
+        return EXIT_STOPPED
     print(f"starting a local Prefect server and serving the deployments (logs: {stores.home / 'run'})")
-    with local_stack(stores.home, [Path(args.config)]) as stack:
-        print(f"Prefect UI: {stack.api_url.removesuffix('/api')} (open while the replay runs)")
-        with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
-            rows = replay(config=config, last_month=args.last_month)
-    summary = (stores.home / "replay" / "summary.md").read_text()
-    print(summary)
-    print(f"replay finished in {time.monotonic() - began:.0f} s; {len(rows)} months; files in {stores.home / 'replay'}")
+    try:
+        with local_stack(stores.home, [Path(config_path)], schedules=False) as stack:
+            print(f"Prefect UI: {stack.api_url.removesuffix('/api')} (open while the replay runs)")
+            with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
+                summary = replay(config=config, periods=periods)
+    except (ReplayError, BatchReadError) as error:
+        print(f"replay stopped: {error}", file=sys.stderr)
+        return EXIT_STOPPED
+    folder = stores.home / "replay" / config.name
+    print((folder / "summary.md").read_text())
+    print(f"replay finished in {time.monotonic() - began:.0f} s; {len(summary.rows)} period(s); files in {folder}")
     return 0
 
 

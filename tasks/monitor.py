@@ -14,7 +14,7 @@ import dataclasses
 import math
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import mlflow
@@ -172,11 +172,19 @@ def _log_to_mlflow(
             mlflow.log_artifact(report_path, artifact_path="drift")
 
 
+def retrain_window(config: TrainingConfig, as_of: datetime, labelled_until: date | None = None) -> TimeWindow:
+    """The trailing `retrain_window_days` a drift retrain trains on: up to as_of, or to where labels end."""
+    end = as_of if labelled_until is None else datetime.combine(labelled_until, datetime.min.time(), tzinfo=UTC)
+    return days_before(min(end, as_of), config.monitoring.retrain_window_days)
+
+
 @task(cache_policy=NO_CACHE)
-def raise_alert(config: TrainingConfig, outcome: MonitoringOutcome, stores: Stores) -> tuple[str, datetime] | None:
+def raise_alert(
+    config: TrainingConfig, outcome: MonitoringOutcome, stores: Stores, labelled_until: date | None = None
+) -> tuple[str, datetime] | None:
     """Emit the drift event (it starts retraining), remember the alert for the cool-down, tell people."""
     store = DataStore(stores.data_uri)
-    retrain = days_before(outcome.as_of, config.monitoring.retrain_window_days)
+    retrain = retrain_window(config, outcome.as_of, labelled_until)
     payload = {
         "model": config.model_name,
         "model_version": outcome.model_version,

@@ -1,44 +1,45 @@
-"""Replay: 2013 month by month through the loop, and what it was worth.
+"""Replay: the Prefect stages of the backtest around its pure parts (tasks/backtest.py, tasks/frontier.py).
 
-Three lines are compared on every month, on the same labelled flights:
-- loop: whatever champion the closed loop had when the month was scored (from the inference log);
+Every line is measured on the same labelled rows of each period:
+- loop: whatever champion the closed loop had when the period was scored (from the inference log);
 - static: the first champion, never retrained;
-- always: a model refitted at the start of every month on the trailing window, with the first
-  champion's tuned parameters, promoted without a gate ("retrain every period regardless").
+- always: a model refitted at every period start on the trailing labelled window, with the first
+  champion's tuned parameters, promoted without a gate ("retrain every period regardless");
+- frontier: for every K, the best mean any schedule of K always-recipe retrains could have reached.
+Each line says what its retrains cost in training CPU seconds beside its quality.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
-from datetime import date, datetime, timedelta
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
+from pandera.errors import SchemaErrors
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter
 from prefect.client.schemas.filters import FlowRunFilterExpectedStartTime as StartFilter
 
 from tasks.artifacts import load_version
-from tasks.drift import gate_metric
+from tasks.backtest import Baselines, ReplayError, ReplayPlan, measure_baselines, period_quality
+from tasks.frontier import Frontier, hindsight_frontier
 from tasks.inference_log import PREDICTION, InferenceLog
-from tasks.ingest import load_nycflights13
-from tasks.model import build_pipeline, features_and_target
-from tasks.notify import artifact_key
+from tasks.ingest import read_source, rows_in
 from tasks.registry import get_version
-from tasks.score import score_frame
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
-from tasks.validate import build_schema
+from tasks.validate import build_schema, schema_failures
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 LOOKBACK = timedelta(minutes=5)  # clock skew between the event and the run it started
+CPU_METRIC = "training_cpu_seconds"  # logged by every training run (tasks/train.py)
 
 
 @dataclass
@@ -55,49 +56,118 @@ class PeriodRow:
     promoted: bool | None
     why: str
     event_to_start_seconds: float | None
+    retrain_cpu_seconds: float | None = None
 
 
-def monthly_periods(year: int, first_month: int, last_month: int) -> list[TimeWindow]:
-    """Whole calendar months [first_month, last_month] of `year`, each a half-open window."""
-    starts = [date(year, m, 1) for m in range(first_month, last_month + 1)]
-    return [TimeWindow(start=s, end=(s + timedelta(days=32)).replace(day=1)) for s in starts]
+@dataclass(frozen=True)
+class Line:
+    name: str
+    mean: float
+    retrains: int | None  # None: not drawn
+    promoted: int | None
+    cpu_seconds: float | None
 
 
-def quality(config: TrainingConfig, target: pd.Series, scores: pd.Series) -> float:
-    """The gate metric on labelled rows; NaN when there are none."""
-    labelled = target.notna()
-    if not labelled.any():
-        return math.nan
-    return gate_metric(config, target[labelled], scores[labelled])
+@dataclass(frozen=True)
+class ReplaySummary:
+    rows: list[PeriodRow]
+    lines: list[Line]
+    frontier: Frontier | None
+    counted: list[bool]
+    recipe: str
+    notes: list[str] = field(default_factory=list)
+    initial_cpu_seconds: float | None = None
+
+    def line(self, name: str) -> Line:
+        return next(line for line in self.lines if line.name == name)
 
 
-def rows_in(frame: pd.DataFrame, timestamp: str, window: TimeWindow) -> pd.DataFrame:
-    stamp = frame[timestamp]
-    return frame[(stamp >= pd.Timestamp(window.start, tz="UTC")) & (stamp < pd.Timestamp(window.end, tz="UTC"))]
+@dataclass(frozen=True)
+class ReplayData:
+    """The source's validated rows under a replay, and how many fall in each period."""
+
+    frame: pd.DataFrame
+    period_rows: list[int]
+
+
+def load_replay_data(config: TrainingConfig, plan: ReplayPlan) -> ReplayData:
+    """The source's validated rows under the whole replay, read once; ReplayError if there is nothing to replay.
+
+    Cheap enough to run before any server starts, so a replay window outside the data fails at once.
+    """
+    if not plan.periods:
+        raise ReplayError(f"{config.name}: the replay has no period")
+    retrain_days = config.monitoring.retrain_window_days
+    earliest = min(plan.training_window(0, retrain_days).start, config.initial_window.start)
+    span = TimeWindow(start=earliest, end=plan.periods[-1].end)
+    raw = read_source(config, span)
+    try:
+        frame = build_schema(config, require_target=False).validate(raw, lazy=True)
+    except SchemaErrors as error:
+        failures = "; ".join(f.describe() for f in schema_failures(error, raw, f"{config.name} source")[:5])
+        raise ReplayError(
+            f"{config.name}: the source's rows under the replay break the data contract: {failures}"
+        ) from error
+    counts = [len(rows_in(frame, config.timestamp, p)) for p in plan.periods]
+    if not any(counts):
+        stamps = read_source(config)[config.timestamp]
+        seen = f"{stamps.min()} to {stamps.max()}" if len(stamps) else "no rows at all"
+        raise ReplayError(
+            f"{config.name}: no row of the source lies in the replay {plan.periods[0].start}..{plan.periods[-1].end} "
+            f"(the data spans {seen}): check replay.start and replay.end"
+        )
+    if frame[config.target].notna().sum() == 0:
+        raise ReplayError(
+            f"{config.name}: no row under the replay has a label ({config.target!r} is always null): "
+            "there is nothing to measure any line on"
+        )
+    return ReplayData(frame=frame, period_rows=counts)
 
 
 @task(cache_policy=NO_CACHE)
-def wait_for_triggered_training(config: TrainingConfig, event_id: str, emitted_at: datetime) -> dict[str, Any]:
-    """Find the training run the drift event's trigger created, and wait for it to end."""
+def replay_data(config: TrainingConfig, plan: ReplayPlan) -> ReplayData:
+    """`load_replay_data`, logging the periods that hold no rows (they are reported as insufficient data)."""
+    data = load_replay_data(config, plan)
+    logger = get_run_logger()
+    logger.info("replay of %d %s periods, %d rows under it", len(plan.periods), plan.period, len(data.frame))
+    if empty := [p.label() for p, n in zip(plan.periods, data.period_rows, strict=True) if not n]:
+        logger.warning("periods with no rows (reported as insufficient data): %s", ", ".join(empty))
+    return data
+
+
+@task(cache_policy=NO_CACHE)
+def wait_for_triggered_training(
+    config: TrainingConfig, event_id: str, emitted_at: datetime, timeout_minutes: int
+) -> dict[str, Any]:
+    """Find the training run the drift event's trigger created and wait for it to end.
+
+    A run that does not end in time stops the replay with a TimeoutError: scoring the next period
+    while it still trains would credit (or blame) the wrong champion.
+    """
     logger = get_run_logger()
     reason = f"drift event {event_id}"
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name(f"training/{config.name}")
-        deadline = time.monotonic() + 1800
+        deadline = time.monotonic() + 60 * timeout_minutes
         run = None
         while time.monotonic() < deadline:
             runs = client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-                flow_run_filter=FlowRunFilter(
-                    expected_start_time=StartFilter(after_=emitted_at - timedelta(minutes=5))
-                ),
+                flow_run_filter=FlowRunFilter(expected_start_time=StartFilter(after_=emitted_at - LOOKBACK)),
             )
             run = next((r for r in runs if r.parameters.get("reason") == reason), None)
             if run is not None and run.state is not None and run.state.type.value in TERMINAL:
                 break
             time.sleep(2)
-        if run is None or run.state is None:
-            raise TimeoutError(f"no training run was started by {reason} within 30 minutes")
+        else:
+            state = "never created" if run is None else f"still {run.state.type.value if run.state else 'unknown'}"
+            name = "" if run is None else f" ({run.name})"
+            raise TimeoutError(
+                f"the training run started by {reason}{name} is {state} after {timeout_minutes} min "
+                "(replay.training_timeout_minutes): the replay stops rather than score with the wrong champion"
+            )
+    assert run is not None
+    assert run.state is not None
     started = run.start_time
     delay = (datetime.fromisoformat(started.isoformat()) - emitted_at).total_seconds() if started else None
     logger.info("triggered run %s: %s (started %.1fs after the event)", run.name, run.state.type.value, delay or -1)
@@ -114,104 +184,113 @@ def decision_of(config: TrainingConfig, reason: str) -> tuple[bool | None, str]:
     return tags.get("driftloop.decision") == "promoted", tags.get("driftloop.decision_reason", "")
 
 
-@task(cache_policy=NO_CACHE)
-def baselines(
-    config: TrainingConfig, periods: list[TimeWindow], static_version: str, stores: Stores
-) -> dict[str, dict[str, Any]]:
-    """Per period: the loop's measured quality and champion, the static model's, the always-retrain model's."""
-    logger = get_run_logger()
-    static_model = load_version(config.model_name, static_version)
-    params = get_version(config.model_name, static_version).best_params | config.model.params
-    log = InferenceLog(DataStore(stores.data_uri), config)
-    history_days = timedelta(days=config.monitoring.retrain_window_days)
-    # Read and validate the whole span once (the same schema as training), then slice it.
-    span = TimeWindow(start=periods[0].start - history_days, end=periods[-1].end)
-    flights = build_schema(config).validate(load_nycflights13(span))
-    result: dict[str, dict[str, Any]] = {}
-    for period in periods:
-        scored = log.read(pd.Timestamp(period.start, tz="UTC"), pd.Timestamp(period.end, tz="UTC"))
-        frame = rows_in(flights, config.timestamp, period)
-        static_scores, _ = score_frame(static_model, frame, config)
-        history = rows_in(flights, config.timestamp, TimeWindow(start=period.start - history_days, end=period.start))
-        refit = build_pipeline(config, params).fit(*features_and_target(config, history))
-        always_scores, _ = score_frame(refit, frame, config)
-        result[period.label()] = {
-            "rows": len(scored),
-            "champion_version": ",".join(sorted(set(scored["model_version"]))) if len(scored) else "-",
-            "loop": quality(config, scored[config.target], scored[PREDICTION]) if len(scored) else math.nan,
-            "static": quality(config, frame[config.target], static_scores),
-            "always": quality(config, frame[config.target], always_scores),
-        }
-        logger.info("%s: %s", period.label(), result[period.label()])
-    return result
-
-
-def table_markdown(rows: list[PeriodRow], metric: str) -> str:
-    head = (
-        f"| month | champion | rows | {metric} loop | static | always retrain | drift | drift share "
-        "| retrain started | promoted | why | event to run start (s) |"
+def training_cpu_seconds(config: TrainingConfig, reason: str) -> float | None:
+    """CPU seconds the training runs for `reason` spent tuning and fitting (None: none was measured)."""
+    experiment = mlflow.get_experiment_by_name(config.model_name)
+    if experiment is None:
+        return None
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`driftloop.reason` = '{reason}'"
     )
-    lines = [head, "|" + " --- |" * 12]
-    for r in rows:
-        promoted = "-" if r.promoted is None else ("yes" if r.promoted else "no")
-        delay = "-" if r.event_to_start_seconds is None else f"{r.event_to_start_seconds:.1f}"
-        lines.append(
-            f"| {r.period} | v{r.champion_version} | {r.rows} | {r.loop:.4f} | {r.static:.4f} | {r.always:.4f} "
-            f"| {r.drift} | {r.drift_share:.2f} | {'yes' if r.retrain_started else 'no'} | {promoted} "
-            f"| {r.why[:90]} | {delay} |"
+    spent = [r.data.metrics[CPU_METRIC] for r in runs if CPU_METRIC in r.data.metrics]
+    return float(sum(spent)) if spent else None
+
+
+@task(cache_policy=NO_CACHE)
+def record_arrived_labels(config: TrainingConfig, window: TimeWindow, stores: Stores) -> int:
+    """The labels of `window` arrive: they are landed and recorded in the inference log."""
+    from tasks.ingest import labels_only
+
+    labels = labels_only(config, read_source(config, window)).dropna(subset=[config.target])
+    if labels.empty:
+        get_run_logger().warning("no label arrived for %s", window.label())
+        return 0
+    from tasks.ingest import frame_to_parquet_bytes
+
+    store = DataStore(stores.data_uri)
+    _, digest = store.land(
+        config.name, f"{config.name}-{window.label()}-labels.parquet", frame_to_parquet_bytes(labels)
+    )
+    InferenceLog(store, config).record_labels(labels, digest[:16])
+    get_run_logger().info("labels for %s arrived: %d rows", window.label(), len(labels))
+    return len(labels)
+
+
+@task(cache_policy=NO_CACHE)
+def backtest(
+    config: TrainingConfig, plan: ReplayPlan, data: ReplayData, static_version: str, stores: Stores
+) -> tuple[Baselines | None, list[float], list[str]]:
+    """The baselines and the triangle (when drawn), and per period the loop's quality and champion(s)."""
+    log = InferenceLog(DataStore(stores.data_uri), config).read()
+    loop, champions = [], []
+    for period in plan.periods:
+        scored = rows_in(log, config.timestamp, period)
+        loop.append(period_quality(config, scored[config.target], scored[PREDICTION]) if len(scored) else math.nan)
+        champions.append(",".join(sorted(set(scored["model_version"]))) if len(scored) else "-")
+    baselines = None
+    drawn = set(config.replay.baselines if config.replay else [])
+    if drawn & {"static", "always"}:
+        params = get_version(config.model_name, static_version).best_params | config.model.params
+        baselines = measure_baselines(
+            config,
+            data.frame,
+            plan,
+            load_version(config.model_name, static_version),
+            params,
+            config.monitoring.retrain_window_days,
         )
-    return "\n".join(lines) + "\n"
+    return baselines, loop, champions
 
 
-def plot_quality(rows: list[PeriodRow], metric: str, path: Path) -> Path:
-    import matplotlib
+def summarise(
+    config: TrainingConfig, rows: list[PeriodRow], baselines: Baselines | None, initial_cpu: float | None
+) -> ReplaySummary:
+    """Means over the periods every drawn line could be measured on, retrains, costs, the frontier, regret."""
+    drawn = set(config.replay.baselines if config.replay else [])
+    loop = np.array([r.loop for r in rows], dtype=float)
+    counted = np.isfinite(loop)
+    for name in ("static", "always"):
+        if name in drawn:
+            counted &= np.isfinite(np.array([getattr(r, name) for r in rows], dtype=float))
+    frontier = None
+    if baselines is not None and "frontier" in drawn:
+        frontier = hindsight_frontier(baselines.quality, config.higher_is_better, also_count=counted)
+        counted &= np.array(frontier.counted)
 
-    matplotlib.use("Agg")  # no screen here, and none needed
-    import matplotlib.pyplot as plt
+    def mean(values: list[float]) -> float:
+        chosen = np.array(values, dtype=float)[counted]
+        return float(chosen.mean()) if chosen.size else math.nan
 
-    months = [r.period.split("..")[0][:7] for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 4.5), dpi=110)
-    ax.plot(months, [r.loop for r in rows], marker="o", label="driftloop (drift-triggered, gated)")
-    ax.plot(months, [r.static for r in rows], marker="s", linestyle="--", label="static (never retrained)")
-    ax.plot(months, [r.always for r in rows], marker="^", linestyle=":", label="retrain every month, no gate")
-    for i, r in enumerate(rows):
-        if r.retrain_started:  # drift found at the end of month i: the retrained model serves month i+1
-            ax.axvline(i + 0.5, color="grey", alpha=0.3, linewidth=4)
-    ax.plot([], [], color="grey", alpha=0.3, linewidth=4, label="drift found: retrain before next month")
-    ax.set_title(f"2013 replay: {metric} of each month's champion on that month")
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-@task(cache_policy=NO_CACHE)
-def publish_replay(config: TrainingConfig, rows: list[PeriodRow], stores: Stores, seconds: float) -> Path:
-    """The table and the plot, as files under the home folder and as Prefect artifacts."""
-    folder = stores.home / "replay"
-    folder.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame([asdict(r) for r in rows])
-    frame.to_csv(folder / "summary.csv", index=False)
-    markdown = table_markdown(rows, config.gate.metric)
-    plot = plot_quality(rows, config.gate.metric, folder / "quality.png")
-    mean = frame[["loop", "static", "always"]].mean()
-    footer = (
-        f"\nMean {config.gate.metric} over the months: loop {mean['loop']:.4f}, static {mean['static']:.4f}, "
-        f"always retrain {mean['always']:.4f}. Retrains started by drift: {int(frame['retrain_started'].sum())}, "
-        f"promoted: {int(frame['promoted'].eq(True).sum())}. Wall time {seconds:.0f} s. "
-        f"Plot: {plot}\n"
+    started = sum(r.retrain_started for r in rows)
+    spent = [r.retrain_cpu_seconds for r in rows if r.retrain_cpu_seconds is not None]
+    lines = [
+        Line(
+            "driftloop",
+            mean([r.loop for r in rows]),
+            started,
+            sum(r.promoted is True for r in rows),
+            round(sum(spent), 1) if spent else (0.0 if not started else None),
+        )
+    ]
+    if baselines is not None and "static" in drawn:
+        lines.append(Line("static", mean(baselines.static), 0, 0, 0.0))
+    if baselines is not None and "always" in drawn:
+        lines.append(
+            Line("always", mean(baselines.always), baselines.refits, baselines.refits, baselines.fit_cpu_seconds)
+        )
+    return ReplaySummary(
+        rows=rows,
+        lines=lines,
+        frontier=frontier,
+        counted=[bool(c) for c in counted],
+        recipe=baselines.recipe if baselines else "",
+        notes=list(baselines.notes) if baselines else [],
+        initial_cpu_seconds=initial_cpu,
     )
-    (folder / "summary.md").write_text(f"# 2013 replay of {config.model_name}\n\n{markdown}{footer}")
-    create_table_artifact(
-        [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()} for r in rows],
-        key=artifact_key("replay", config.name),
-        description=f"2013 replay of {config.model_name}",
-    )
-    create_markdown_artifact(f"# 2013 replay\n\n{markdown}{footer}", key=artifact_key("replay-summary", config.name))
-    get_run_logger().info("replay summary written to %s", folder)
-    return folder
+
+
+def as_records(summary: ReplaySummary) -> list[dict[str, Any]]:
+    """The period rows as plain records (NaN as None), for the table artifact and the CSV."""
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()} for r in summary.rows
+    ]

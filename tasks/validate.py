@@ -26,6 +26,7 @@ from pandera.errors import SchemaErrors
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.derive import DeriveError, derive_columns
 from tasks.ingest import BatchReadError, LandedBatch, parse_batch
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
@@ -207,11 +208,15 @@ def expectation_failures(config: TrainingConfig, frame: pd.DataFrame, file: str)
 def check_frame(
     config: TrainingConfig, frame: pd.DataFrame, file: str, *, require_target: bool = True
 ) -> tuple[pd.DataFrame, list[Failure]]:
-    """Run the schema and the suite; returns the coerced frame and every failure (empty if valid).
+    """Derive, then run the schema and the suite; returns the coerced frame and every failure (empty if valid).
 
     With `require_target=False` (a batch to score) a target column holding no label at all is
     treated as absent, so its dataset-level expectations (mean bounds) are not applied to it.
     """
+    try:
+        frame = derive_columns(config, frame)
+    except DeriveError as error:
+        return frame, [Failure(file, error.column, f"derive {error.rule}: {error.problem}", None)]
     schema = build_schema(config, require_target=require_target)
     try:
         validated = schema.validate(frame, lazy=True)

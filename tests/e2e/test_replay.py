@@ -1,5 +1,5 @@
-"""`make run`'s job, shortened to one month: a real local server, the served deployments,
-the initial training, one month scored, labelled and checked, and the summary written."""
+"""The backtest end to end: `driftloop replay` on a real local server, the served deployments and the
+drift-event trigger, shortened to a few periods of each shipped dataset at a small tuning budget."""
 
 from __future__ import annotations
 
@@ -14,26 +14,61 @@ import yaml
 
 pytestmark = pytest.mark.e2e
 
+DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")
 
-def test_replay_of_one_month_writes_the_table_and_the_plot(tmp_path: Path, repo_root: Path) -> None:
-    config = yaml.safe_load((repo_root / "configs" / "flights.yaml").read_text())
+
+def short(repo_root: Path, tmp_path: Path, name: str) -> Path:
+    config = yaml.safe_load((repo_root / "configs" / f"{name}.yaml").read_text())
     config["tuning"].update({"n_trials": 3, "timeout_seconds": 120})
-    config_path = tmp_path / "flights.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    home = tmp_path / "home"
-    env = {**os.environ, "DRIFTLOOP_HOME": str(home), "PREFECT_HOME": str(home / "prefect")}
-    (home / "prefect").mkdir(parents=True)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
+
+def replay(repo_root: Path, tmp_path: Path, name: str, periods: int) -> tuple[subprocess.CompletedProcess, Path]:
+    home = tmp_path / "home"
+    (home / "prefect").mkdir(parents=True)
+    env = {**os.environ, "DRIFTLOOP_HOME": str(home), "PREFECT_HOME": str(home / "prefect")}
     run = subprocess.run(
-        [sys.executable, "-m", "flows.replay", "--config", str(config_path), "--last-month", "3"],
+        [DRIFTLOOP, "replay", "--config", str(short(repo_root, tmp_path, name)), "--periods", str(periods)],
         cwd=repo_root, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
-
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run, home / "replay" / name
+
+
+def test_the_flights_replay_of_one_month_writes_the_tables_and_the_plot(tmp_path: Path, repo_root: Path) -> None:
+    run, folder = replay(repo_root, tmp_path, "flights", periods=1)
+
     assert "| 2013-03-01..2013-04-01 | v1 |" in run.stdout
-    summary = pd.read_csv(home / "replay" / "summary.csv")
+    summary = pd.read_csv(folder / "summary.csv")
     assert list(summary["period"]) == ["2013-03-01..2013-04-01"]
     assert summary.loc[0, "rows"] > 20_000
     assert 0.55 < summary.loc[0, "loop"] < 0.9
     assert summary.loc[0, "loop"] == pytest.approx(summary.loc[0, "static"])  # no retrain before March
-    assert (home / "replay" / "quality.png").read_bytes()[:4] == b"\x89PNG"
+    frontier = pd.read_csv(folder / "frontier.csv")
+    assert list(frontier["retrains"]) == [0, 1]
+    assert frontier.loc[0, "best_mean"] == pytest.approx(summary.loc[0, "static"])
+    assert frontier.loc[1, "best_mean"] == pytest.approx(summary.loc[0, "always"])
+    assert "Loop regret" in run.stdout
+    assert "training CPU of the retrains" in run.stdout
+    assert (folder / "quality.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("name", "metric"), [("bikeshare", "rmse"), ("seattle-weather", "f1_macro")])
+def test_a_files_dataset_replays_through_the_same_loop(tmp_path: Path, repo_root: Path, name: str, metric: str) -> None:
+    run, folder = replay(repo_root, tmp_path, name, periods=2)
+
+    summary = pd.read_csv(folder / "summary.csv")
+    assert len(summary) == 2
+    assert (summary["rows"] > 0).all()
+    assert summary[["loop", "static", "always"]].notna().all().all()
+    assert (summary["champion_version"].astype(str) != "-").all()
+    frontier = pd.read_csv(folder / "frontier.csv")
+    assert list(frontier["retrains"]) == [0, 1, 2]
+    assert frontier.loc[0, "best_mean"] == pytest.approx(summary["static"].mean())
+    assert frontier.loc[2, "best_mean"] == pytest.approx(summary["always"].mean())
+    assert f"mean {metric} (2 of 2 periods)" in run.stdout
+    started = summary["retrain_started"].astype(bool)
+    assert summary.loc[started, "retrain_cpu_seconds"].notna().all()  # every retrain says what it cost
+    assert (folder / "quality.png").read_bytes()[:4] == b"\x89PNG"

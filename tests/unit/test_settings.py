@@ -184,3 +184,59 @@ def test_param_range_contains(dim: ParamRange, value: object, expected: bool) ->
 def test_param_range_shape_is_checked(raw: dict, fragment: str) -> None:
     with pytest.raises(pydantic.ValidationError, match=fragment):
         ParamRange.model_validate(raw)
+
+
+# --- the replay section and the shipped backtests -----------------------------------------------
+
+
+def test_a_replay_section_fills_in_its_defaults(make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config("regression", replay={"start": "2024-02-01", "end": "2024-06-01"})
+
+    assert config.replay is not None
+    assert (config.replay.period, config.replay.label_delay_periods) == ("month", 0)
+    assert config.replay.baselines == ["static", "always", "frontier"]
+    assert config.initial_window == config.window
+    explicit = make_config(
+        "regression",
+        replay={
+            "start": "2024-03-01",
+            "end": "2024-06-01",
+            "initial_window": {"start": "2024-02-01", "end": "2024-03-01"},
+        },
+    )
+    assert explicit.initial_window.start.isoformat() == "2024-02-01"
+
+
+def test_the_control_is_flights_with_its_time_order_destroyed() -> None:
+    import yaml
+
+    flights = yaml.safe_load((REPO / "configs" / "flights.yaml").read_text())
+    control = yaml.safe_load((REPO / "configs" / "flights-control.yaml").read_text())
+
+    differ = {key for key in flights.keys() | control.keys() if flights.get(key) != control.get(key)}
+    assert differ == {"name", "model_name", "description", "timestamp", "derive"}
+    (derived,) = control["derive"]
+    assert derived["op"] == "random_time"
+    assert derived["name"] == control["timestamp"]
+    assert derived["key"] == flights["validation"]["unique_key"]  # every flight keeps its own row key
+
+
+REPLAYED = [p for p in SHIPPED if load_config(p).replay is not None]
+
+
+def test_every_task_type_ships_a_backtest() -> None:
+    assert {load_config(p).task for p in REPLAYED} == {"binary", "multiclass", "regression"}
+
+
+@pytest.mark.parametrize("path", REPLAYED, ids=lambda p: p.name)
+def test_every_shipped_backtest_has_data_in_its_initial_window_and_in_each_period(path: Path) -> None:
+    from tasks.backtest import ReplayPlan
+    from tasks.ingest import read_source, rows_in
+
+    config = load_config(path)
+    assert config.replay is not None
+    frame = read_source(config)
+    assert frame[config.timestamp].is_unique or config.validation.unique_key != [config.timestamp]
+    assert len(rows_in(frame, config.timestamp, config.initial_window)) >= config.validation.min_rows
+    counts = [len(rows_in(frame, config.timestamp, p)) for p in ReplayPlan.from_config(config.replay).periods]
+    assert min(counts) > 0, counts
