@@ -77,6 +77,10 @@ class ReplaySummary:
     recipe: str
     notes: list[str] = field(default_factory=list)
     initial_cpu_seconds: float | None = None
+    # the loop's retrains whose model served a replayed period: one started after the last period
+    # serves none, so the frontier is read at these counts
+    serving_retrains: int = 0
+    serving_promotions: int = 0
 
     def line(self, name: str) -> Line:
         return next(line for line in self.lines if line.name == name)
@@ -278,14 +282,22 @@ def summarise(
         lines.append(
             Line("always", mean(baselines.always), baselines.refits, baselines.refits, baselines.fit_cpu_seconds)
         )
+    notes = list(baselines.notes) if baselines else []
+    if rows and rows[-1].retrain_started:
+        notes.append(
+            f"the retrain started after the last period ({rows[-1].period}) serves none of the replayed periods: "
+            "the frontier is read at the loop's retrains and promotions before it"
+        )
     return ReplaySummary(
         rows=rows,
         lines=lines,
         frontier=frontier,
         counted=[bool(c) for c in counted],
         recipe=baselines.recipe if baselines else "",
-        notes=list(baselines.notes) if baselines else [],
+        notes=notes,
         initial_cpu_seconds=initial_cpu,
+        serving_retrains=sum(r.retrain_started for r in rows[:-1]),
+        serving_promotions=sum(r.promoted is True for r in rows[:-1]),
     )
 
 

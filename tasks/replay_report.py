@@ -73,8 +73,7 @@ def frontier_markdown(summary: ReplaySummary, period_labels: list[str]) -> str:
     if frontier is None:
         return ""
     loop = summary.line("driftloop")
-    assert loop.retrains is not None
-    assert loop.promoted is not None
+    promoted, started = summary.serving_promotions, summary.serving_retrains
     lines = [
         f"Hindsight frontier: the best mean any schedule of K retrains could have reached ({summary.recipe}; "
         "the loop's tuned models may beat it).",
@@ -82,17 +81,17 @@ def frontier_markdown(summary: ReplaySummary, period_labels: list[str]) -> str:
         "| K retrains | best mean | one schedule reaching it (retrain at the start of) |",
         "| --- | --- | --- |",
     ]
-    for k in shown_retrains(frontier, [loop.promoted, loop.retrains]):
+    for k in shown_retrains(frontier, [promoted, started]):
         schedule = ", ".join(period_labels[s].split("..")[0] for s in sorted(frontier.schedules[k])) or "never"
         lines.append(f"| {k} | {_number(frontier.best_mean[k])} | {schedule} |")
-    regret_promoted = frontier.regret(loop.promoted, loop.mean)
-    regret_started = frontier.regret(loop.retrains, loop.mean)
+    regret_promoted = frontier.regret(promoted, loop.mean)
+    regret_started = frontier.regret(started, loop.mean)
     lines += [
         "",
-        f"Loop regret (frontier minus loop, in the direction where positive means the loop did worse): "
-        f"{_number(regret_promoted)} at its {loop.promoted} promotions, {_number(regret_started)} at its "
-        f"{loop.retrains} retrains started; the best schedule ({frontier.best_retrains()} retrains) reaches "
-        f"{_number(frontier.at(frontier.best_retrains()))}.",
+        f"Loop regret (the frontier minus the loop; positive: the loop did worse than the best schedule of its size): "
+        f"{_number(regret_promoted)} at its {promoted} promotions, {_number(regret_started)} at its "
+        f"{started} retrains started (those that served a replayed period); the best schedule "
+        f"({frontier.best_retrains()} retrains) reaches {_number(frontier.at(frontier.best_retrains()))}.",
     ]
     if regret_promoted < 0:
         lines.append("The loop is above the frontier at its promotions: its tuned models beat the frontier's recipe.")
@@ -142,13 +141,17 @@ def _plot_frontier(ax: object, summary: ReplaySummary, metric: str) -> None:
         if found and found[0].retrains is not None:
             ax.scatter([found[0].retrains], [found[0].mean], marker=marker, s=60, label=line, zorder=3)  # type: ignore[attr-defined]
     loop = summary.line("driftloop")
-    ax.scatter([loop.promoted], [loop.mean], marker="o", s=70, label="driftloop at its promotions", zorder=3)  # type: ignore[attr-defined]
+    promoted, started = summary.serving_promotions, summary.serving_retrains
+    ax.scatter([promoted], [loop.mean], marker="o", s=70, label="driftloop at its promotions", zorder=3)  # type: ignore[attr-defined]
     ax.scatter(  # type: ignore[attr-defined]
-        [loop.retrains], [loop.mean], marker="o", s=70, facecolors="none", edgecolors="C3",
+        [started], [loop.mean], marker="o", s=70, facecolors="none", edgecolors="C3",
         label="driftloop at its retrains started", zorder=3,
     )  # fmt: skip
     ax.set_title(f"mean {metric} against the number of retrains")  # type: ignore[attr-defined]
     ax.set_xlabel("retrains")  # type: ignore[attr-defined]
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # type: ignore[attr-defined]
     ax.set_ylabel(f"mean {metric}")  # type: ignore[attr-defined]
     ax.grid(alpha=0.3)  # type: ignore[attr-defined]
     ax.legend(loc="best", fontsize=8)  # type: ignore[attr-defined]

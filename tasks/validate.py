@@ -177,7 +177,9 @@ def build_suite(config: TrainingConfig, columns: set[str]) -> Any:
     suite.add_expectation(
         gx.expectations.ExpectTableRowCountToBeBetween(min_value=rules.min_rows, max_value=rules.max_rows)
     )
-    if rules.unique_key and set(rules.unique_key) <= columns:
+    if len(rules.unique_key) == 1 and rules.unique_key[0] in columns:  # GX's compound form needs two or more
+        suite.add_expectation(gx.expectations.ExpectColumnValuesToBeUnique(column=rules.unique_key[0]))
+    elif rules.unique_key and set(rules.unique_key) <= columns:
         suite.add_expectation(gx.expectations.ExpectCompoundColumnsToBeUnique(column_list=rules.unique_key))
     for column, (low, high) in rules.mean_bounds.items():
         if column in columns:

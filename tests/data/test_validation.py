@@ -161,6 +161,26 @@ def test_duplicate_rows_break_the_unique_key(flights_config, good):
     assert failures == [Failure(FILE, KEY, "expect_compound_columns_to_be_unique", 6, [])]
 
 
+def test_a_duplicate_breaks_a_one_column_key_and_a_derived_timestamp_is_checked_like_any(repo_root):
+    from tasks.ingest import read_source
+    from tasks.settings import load_config
+
+    seattle = load_config(repo_root / "configs" / "seattle-weather.yaml")  # key: [date]
+    days = read_source(seattle)
+    doubled = pd.concat([days, days.iloc[[5]]], ignore_index=True)
+
+    assert failures_of(seattle, days, "seattle-weather.csv") == []
+    assert failures_of(seattle, doubled, "seattle-weather.csv") == [
+        Failure("seattle-weather.csv", "date", "expect_column_values_to_be_unique", 2, [])
+    ]
+    bikes = load_config(repo_root / "configs" / "bikeshare.yaml")  # key: [time], derived from day and hr
+    hours = read_source(bikes).drop(columns=["time"])
+    hours.loc[7, "hr"] = hours.loc[6, "hr"]  # two rows of the same hour
+    assert failures_of(bikes, hours, "Bikeshare.csv") == [
+        Failure("Bikeshare.csv", "time", "expect_column_values_to_be_unique", 2, [])
+    ]
+
+
 def test_too_few_rows(flights_config, good):
     failures = failures_of(flights_config, good.head(10))
 

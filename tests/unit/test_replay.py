@@ -74,6 +74,17 @@ def test_the_frontier_table_states_the_recipe_and_the_loops_regret(config) -> No
     assert "at its 2 retrains started" in text
 
 
+def test_a_retrain_after_the_last_period_is_not_counted_against_the_frontier(config) -> None:  # type: ignore[no-untyped-def]
+    three = rows()[:3]  # the last of them started a retrain (rejected), which serves no replayed period
+    b = baselines()
+    shorter = Baselines(b.static[:3], b.always[:3], b.quality[:4, :3], 3, 9.0, [], "the recipe")
+    summary = summarise(config, three, shorter, initial_cpu=20.0)
+
+    assert (summary.line("driftloop").retrains, summary.serving_retrains, summary.serving_promotions) == (2, 1, 1)
+    assert any("serves none of the replayed periods" in note for note in summary.notes)
+    assert "at its 1 retrains started" in frontier_markdown(summary, [r.period for r in three])
+
+
 def test_without_baselines_only_the_loop_is_summarised(config) -> None:  # type: ignore[no-untyped-def]
     summary = summarise(config.model_copy(update={"replay": None}), rows(), None, initial_cpu=None)
 
