@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 
 from flows.cli import EXIT_BAD_INPUT, load_or_report, parser_with_config
 from tasks.drift import DriftDecision
-from tasks.monitor import MonitoringOutcome, check_drift, days_before, load_reference, raise_alert, recent_window
+from tasks.monitor import MonitoringOutcome, check_bounds, check_drift, load_reference, raise_alert, recent_window
 from tasks.recovery import flow_run_lease
 from tasks.registry import connect, find_champion
 from tasks.settings import TrainingConfig
@@ -39,7 +39,7 @@ def monitoring(
         reason = "no champion yet: nothing to monitor"
         get_run_logger().warning(reason)
         decision = DriftDecision(status="insufficient_data", retrain=False, reasons=[reason])
-        window = days_before(as_of, config.monitoring.window_days)
+        window = check_bounds(as_of, config.monitoring.window_days)[2]
         return MonitoringOutcome(config.model_name, None, window, as_of, decision, None, None)
     with flow_run_lease(stores, config.model_name):  # a killed check's MLflow run is ended by reconciliation
         reference = load_reference(config=config, champion=champion)
@@ -56,14 +56,20 @@ def monitoring(
     return dataclasses.replace(outcome, event_id=event_id, event_at=event_at)
 
 
+def parse_as_of(text: str) -> datetime:
+    """An ISO date or time: naive is UTC; an explicit offset is converted (+05:00 is five hours before UTC)."""
+    moment = datetime.fromisoformat(text)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = parser_with_config("Run one drift check now, in this process.")
-    parser.add_argument("--as-of", help="end of the checked window (ISO date/time, UTC); default now")
+    parser.add_argument("--as-of", help="end of the checked window (ISO date/time; UTC unless it says); default now")
     args = parser.parse_args(argv)
     config = load_or_report(args.config)
     if config is None:
         return EXIT_BAD_INPUT
-    as_of = datetime.fromisoformat(args.as_of).replace(tzinfo=UTC) if args.as_of else None
+    as_of = parse_as_of(args.as_of) if args.as_of else None
     outcome = monitoring(config=config, as_of=as_of)
     print(f"{config.model_name} {outcome.window.label()}: {outcome.status} - {'; '.join(outcome.decision.reasons)}")
     return 0

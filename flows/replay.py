@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
@@ -146,6 +148,9 @@ def run(config_path: str, periods: int | None) -> int:
             print(f"Prefect UI: {stack.api_url.removesuffix('/api')} (open while the replay runs)")
             with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
                 summary = replay(config=config, periods=periods)
+                # the last logs and events go while the server is up: at exit they would retry a stopped one
+                APILogWorker.drain_all(timeout=30)
+                EventsWorker.drain_all(timeout=30)
     except (ReplayError, BatchReadError) as error:
         print(f"replay stopped: {error}", file=sys.stderr)
         return EXIT_STOPPED

@@ -60,7 +60,9 @@ def training(config: TrainingConfig, window: TimeWindow | None = None, reason: s
             champion_params=incumbent.best_params if incumbent else None,
         )
         candidate = train(config=config, splits=splits, tuning=tuning, batches=batches, context=context, stores=stores)
-        evaluation = evaluate(config=config, holdout=splits.holdout, candidate=candidate, champion=incumbent)
+        evaluation = evaluate(
+            config=config, splits=splits, window=window, candidate=candidate, champion=incumbent, stores=stores
+        )
         explain(config=config, holdout=splits.holdout, candidate=candidate)
         report = gate(config=config, evaluation=evaluation, candidate=candidate)
         decision = promote(
@@ -68,7 +70,7 @@ def training(config: TrainingConfig, window: TimeWindow | None = None, reason: s
             report=report,
             compared_with=evaluation.champion_version,
             stores=stores,
-            rejudge=rejudge_against(config=config, holdout=splits.holdout, evaluation=evaluation),
+            rejudge=rejudge_against(config=config, splits=splits, window=window, candidate=candidate, stores=stores),
         )
         model_card(decision=decision, stores=stores)
         return decision

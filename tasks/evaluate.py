@@ -15,6 +15,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -25,19 +26,54 @@ from tasks.ingest import parse_batch
 from tasks.model import compute_metrics, features_and_target, model_classes, predict_scores
 from tasks.registry import VersionRef, get_version
 from tasks.settings import TimeWindow, TrainingConfig
-from tasks.split import time_split
-from tasks.stores import DataStore, sha256_bytes
+from tasks.split import Splits, time_split
+from tasks.stores import DataStore, Stores, sha256_bytes
 from tasks.train import Candidate
 from tasks.validate import check_frame, select_window
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    holdout_rows: int
+    holdout_rows: int  # the rows both models were scored on
     challenger: MetricReport
     champion: MetricReport | None
     champion_version: str | None
     champion_error: str | None
+    compared_on: str = "the challenger's holdout"
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """What a model was fitted on: rows of [start, end) on the timestamp (end: its holdout's start)."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    window_end: date
+
+    @classmethod
+    def of_splits(cls, window: TimeWindow, holdout_start: pd.Timestamp) -> Fitted:
+        return cls(pd.Timestamp(window.start, tz="UTC"), holdout_start, window.end)
+
+    @classmethod
+    def of_version(cls, version: VersionRef) -> Fitted:
+        """From the window and split recorded on the version's run; the whole window when the split is not."""
+        params = MlflowClient().get_run(version.run_id).data.params if version.run_id else {}
+        label = params.get("window") or version.tags.get("driftloop.window", "")
+        if ".." not in label:
+            raise HoldoutUnavailable(f"version {version.version} records no training window")
+        start, end = (date.fromisoformat(part) for part in label.split(".."))
+        holdout_start = params.get("holdout_start")
+        fitted_end = pd.Timestamp(holdout_start) if holdout_start else pd.Timestamp(end, tz="UTC")
+        return cls(pd.Timestamp(start, tz="UTC"), fitted_end, end)
+
+
+def neither_fitted(frame: pd.DataFrame, timestamp: str, *spans: Fitted) -> pd.DataFrame:
+    """The rows of `frame` that no model of `spans` was fitted on (pure)."""
+    stamp = frame[timestamp]
+    outside = pd.Series(True, index=frame.index)
+    for span in spans:
+        outside &= (stamp < span.start) | (stamp >= span.end)
+    return frame[outside].reset_index(drop=True)
 
 
 def slice_metrics(config: TrainingConfig, frame: pd.DataFrame, scores: Any, classes: list[Any] | None) -> SliceMetrics:
@@ -70,27 +106,88 @@ def score_champion(config: TrainingConfig, champion: VersionRef, holdout: pd.Dat
     return score_report(config, load_version(champion.name, champion.version), holdout)
 
 
+# A champion that cannot be loaded or scored (a changed feature set, a tampered file, a store
+# that lost it) is "not comparable": the gate rejects, so nothing is promoted on it.
+SCORING_ERRORS = (KeyError, ValueError, TypeError, OSError, UntrustedModelError, MlflowException)
+
+
+def judge(
+    config: TrainingConfig,
+    store: DataStore,
+    challenger: Any,
+    challenger_fitted: Fitted,
+    challenger_holdout: Callable[[], pd.DataFrame],
+    champion: VersionRef | None,
+) -> Evaluation:
+    """The one comparison every promotion path uses: both models on rows neither was fitted on.
+
+    The rows are the holdout of whichever of the two windows ends later (the other model was
+    fitted on earlier data), less any row either model was fitted on; fewer than
+    `gate.min_comparison_rows` of them, or a champion that cannot be loaded or scored, is recorded
+    as not comparable and never promotes.
+    """
+    if champion is None:
+        holdout = challenger_holdout()
+        return Evaluation(len(holdout), score_report(config, challenger, holdout), None, None, None)
+    compared_on, holdout, error = "the challenger's holdout", None, None
+    try:
+        champion_fitted = Fitted.of_version(champion)
+        if champion_fitted.window_end > challenger_fitted.window_end:
+            compared_on = f"version {champion.version}'s holdout"
+            holdout = rebuild_holdout(config, store, champion)
+        else:
+            holdout = challenger_holdout()
+        rows = neither_fitted(holdout, config.timestamp, challenger_fitted, champion_fitted)
+        if len(rows) < config.gate.min_comparison_rows:
+            error = (
+                f"not comparable: {len(rows)} of the {len(holdout)} rows of {compared_on} were fitted by neither "
+                f"model (at least {config.gate.min_comparison_rows} needed)"
+            )
+            champion_report = None
+        else:
+            champion_report = score_champion(config, champion, rows)
+    except (HoldoutUnavailable, *SCORING_ERRORS) as exc:
+        error, champion_report = f"{type(exc).__name__}: {exc}", None
+        rows = holdout if holdout is not None else challenger_holdout()
+    return Evaluation(
+        holdout_rows=len(rows),
+        challenger=score_report(config, challenger, rows),
+        champion=champion_report,
+        champion_version=champion.version,
+        champion_error=error,
+        compared_on=compared_on,
+    )
+
+
 @task(cache_policy=NO_CACHE)
 def evaluate(
-    config: TrainingConfig, holdout: pd.DataFrame, candidate: Candidate, champion: VersionRef | None
+    config: TrainingConfig,
+    splits: Splits,
+    window: TimeWindow,
+    candidate: Candidate,
+    champion: VersionRef | None,
+    stores: Stores,
 ) -> Evaluation:
+    """The candidate against the champion (tasks.evaluate.judge); its own holdout metrics go to its run."""
     logger = get_run_logger()
     run_tags = MlflowClient().get_run(candidate.run_id).data.tags
-    challenger = score_report(config, load_logged(candidate.model_uri, run_tags, candidate.label), holdout)
-    champion_report, champion_error = None, None
-    if champion is not None:
-        try:
-            champion_report = score_champion(config, champion, holdout)
-        except (KeyError, ValueError, TypeError, UntrustedModelError) as error:  # e.g. the feature set changed
-            champion_error = f"{type(error).__name__}: {error}"
-            logger.warning("champion version %s could not be scored: %s", champion.version, champion_error)
+    model = load_logged(candidate.model_uri, run_tags, candidate.label)
+    fitted = Fitted.of_splits(window, splits.holdout_start)
+    evaluation = judge(config, DataStore(stores.data_uri), model, fitted, lambda: splits.holdout, champion)
+    if evaluation.champion_error:
+        logger.warning("champion version %s: %s", evaluation.champion_version, evaluation.champion_error)
+    own = evaluation.challenger if evaluation.holdout_rows == len(splits.holdout) else None
+    own = own or score_report(config, model, splits.holdout)
+    champion_report = evaluation.champion
     metric = config.gate.metric
     with mlflow.start_run(run_id=candidate.run_id):
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in challenger.overall.items() if math.isfinite(v)})
-        mlflow.log_dict(challenger.slices, "evaluation/challenger_slices.json")
-        if challenger.fairness is not None:
-            mlflow.log_dict(challenger.fairness.to_dict(), "evaluation/challenger_fairness.json")
-            mlflow.log_metrics({f"fairness_{k}": v for k, v in challenger.fairness.metrics.items() if math.isfinite(v)})
+        # its own holdout: the baseline monitoring measures production against
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in own.overall.items() if math.isfinite(v)})
+        mlflow.log_dict(own.slices, "evaluation/challenger_slices.json")
+        mlflow.log_param("compared_on", evaluation.compared_on)
+        if own.fairness is not None:
+            mlflow.log_dict(own.fairness.to_dict(), "evaluation/challenger_fairness.json")
+            mlflow.log_metrics({f"fairness_{k}": v for k, v in own.fairness.metrics.items() if math.isfinite(v)})
         if champion_report is not None:
             mlflow.log_metrics(
                 {f"champion_holdout_{k}": v for k, v in champion_report.overall.items() if math.isfinite(v)}
@@ -99,43 +196,57 @@ def evaluate(
             if champion_report.fairness is not None:
                 mlflow.log_dict(champion_report.fairness.to_dict(), "evaluation/champion_fairness.json")
     logger.info(
-        "holdout (%d rows) %s: challenger %.4f, champion %s",
-        len(holdout),
+        "%s (%d rows) %s: challenger %.4f, champion %s",
+        evaluation.compared_on,
+        evaluation.holdout_rows,
         metric,
-        challenger.overall[metric],
+        evaluation.challenger.overall[metric],
         "none" if champion_report is None else f"{champion_report.overall[metric]:.4f} (v{champion.version})",  # type: ignore[union-attr]
     )
-    return Evaluation(
-        holdout_rows=len(holdout),
-        challenger=challenger,
-        champion=champion_report,
-        champion_version=None if champion is None else champion.version,
-        champion_error=champion_error,
-    )
+    return evaluation
 
 
 def rejudge_against(
-    config: TrainingConfig, holdout: pd.DataFrame, evaluation: Evaluation
+    config: TrainingConfig, splits: Splits, window: TimeWindow, candidate: Candidate, stores: Stores
 ) -> Callable[[str], GateReport]:
-    """The gate again, for the same challenger and holdout, against another champion version.
+    """The gate again, for the same challenger, against another champion version (tasks.evaluate.judge).
 
-    Promotion calls it when the champion changed while this candidate was evaluated (a
-    concurrent run promoted): the better of the two on this holdout wins.
+    Promotion calls it under its lock when the champion changed while this candidate was evaluated
+    (a concurrent run promoted): the better of the two on rows neither was fitted on wins, and a
+    champion that cannot be compared is never beaten by default.
     """
 
     def rejudge(version: str) -> GateReport:
-        champion = get_version(config.model_name, version)
-        return decide(
-            metric=config.gate.metric,
-            higher_is_better=config.higher_is_better,
-            rules=config.gate,
-            challenger=evaluation.challenger,
-            champion=score_champion(config, champion, holdout),
-            champion_version=version,
-            fairness_bounds=config.fairness.bounds,
+        try:
+            champion = get_version(config.model_name, version)
+            run_tags = MlflowClient().get_run(candidate.run_id).data.tags
+            model = load_logged(candidate.model_uri, run_tags, candidate.label)
+        except SCORING_ERRORS as exc:
+            return _report(config, _unscored(version, f"{type(exc).__name__}: {exc}"))
+        fitted = Fitted.of_splits(window, splits.holdout_start)
+        return _report(
+            config, judge(config, DataStore(stores.data_uri), model, fitted, lambda: splits.holdout, champion)
         )
 
     return rejudge
+
+
+def _unscored(version: str, error: str) -> Evaluation:
+    nothing = MetricReport(overall={}, slices={}, fairness=None)
+    return Evaluation(0, nothing, None, version, error)
+
+
+def _report(config: TrainingConfig, evaluation: Evaluation) -> GateReport:
+    return decide(
+        metric=config.gate.metric,
+        higher_is_better=config.higher_is_better,
+        rules=config.gate,
+        challenger=evaluation.challenger,
+        champion=evaluation.champion,
+        champion_version=evaluation.champion_version,
+        champion_error=evaluation.champion_error,
+        fairness_bounds=config.fairness.bounds,
+    )
 
 
 # --- judging a registered version by hand (`driftloop promote --version N`) ----------------------
@@ -178,26 +289,12 @@ def rebuild_holdout(config: TrainingConfig, store: DataStore, version: VersionRe
 def judge_version(
     config: TrainingConfig, store: DataStore, version: VersionRef, champion: VersionRef | None
 ) -> tuple[GateReport, int]:
-    """The gate for `version` against `champion`, on a holdout neither was fitted on.
+    """The gate for a registered `version` against `champion` (tasks.evaluate.judge), as `driftloop promote` asks.
 
-    That is the holdout of whichever of the two was trained on the later window: the other was
-    trained on earlier data, and neither model is ever fitted on its own holdout.
+    Raises HoldoutUnavailable when the version's own holdout is needed and its batches are gone.
     """
-    judged_on = version
-    if champion is not None and _window_end(champion) > _window_end(version):
-        judged_on = champion
-    holdout = rebuild_holdout(config, store, judged_on)
-    report = decide(
-        metric=config.gate.metric,
-        higher_is_better=config.higher_is_better,
-        rules=config.gate,
-        challenger=score_report(config, load_version(version.name, version.version), holdout),
-        champion=None if champion is None else score_champion(config, champion, holdout),
-        champion_version=None if champion is None else champion.version,
-        fairness_bounds=config.fairness.bounds,
+    model = load_version(version.name, version.version)
+    evaluation = judge(
+        config, store, model, Fitted.of_version(version), lambda: rebuild_holdout(config, store, version), champion
     )
-    return report, len(holdout)
-
-
-def _window_end(version: VersionRef) -> str:
-    return version.tags.get("driftloop.window", "..").split("..")[-1]
+    return _report(config, evaluation), evaluation.holdout_rows

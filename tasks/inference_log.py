@@ -320,7 +320,9 @@ class InferenceLog:
         """Logged rows with the timestamp in [start, end), sorted by it, delayed labels joined.
 
         Naive bounds are taken as UTC. The target column is null where no label arrived (yet);
-        an empty log (or window) gives an empty frame with every column.
+        an empty log (or window) gives an empty frame with every column. A row scored more than
+        once (overlapping windows, or the same rows under two batch ids) counts once: its latest
+        scoring, found by the row key, so drift and performance never count a row twice.
         """
         config = self.config
         parts = self._read_area("inference")
@@ -335,7 +337,10 @@ class InferenceLog:
             inside &= stamp >= _utc(start)
         if end is not None:
             inside &= stamp < _utc(end)
-        log = log.loc[inside].sort_values(config.timestamp, kind="stable").reset_index(drop=True)
+        log = log.loc[inside]
+        if key := key_columns(config):
+            log = log.sort_values(SCORED_AT, kind="stable").drop_duplicates(subset=key, keep="last")
+        log = log.sort_values(config.timestamp, kind="stable").reset_index(drop=True)
         if log.empty:
             return self.empty()
         labels = self.labels()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import subprocess
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from tasks.ingest import LandedBatch
 from tasks.settings import TimeWindow, TrainingConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+CODE_PACKAGES = ("tasks", "flows")  # driftloop's own code, whatever installed it
+MODEL_LIBRARIES = ("driftloop", "scikit-learn", "optuna", "numpy", "pandas")  # versions that shape a model
 
 
 @dataclass(frozen=True)
@@ -55,23 +58,31 @@ def config_sha256(config: TrainingConfig) -> str:
     return hashlib.sha256(config.model_dump_json().encode()).hexdigest()
 
 
-def uncommitted_changes_sha256(root: Path = REPO_ROOT) -> str:
-    """A digest of the uncommitted changes to tracked files, so two different dirty trees differ."""
-    try:
-        diff = subprocess.run(
-            ["git", "-C", str(root), "diff", "HEAD", "--binary"], capture_output=True, check=True, timeout=30
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return hashlib.sha256(diff.stdout).hexdigest()
+def code_sha256(root: Path = REPO_ROOT) -> str:
+    """The identity of the code that trains: driftloop's source files and the libraries that shape a model.
+
+    Every source file of driftloop's packages counts by path and content. It needs no git checkout
+    (an installed wheel has the same files), and an upgrade of the code or of scikit-learn changes
+    it, so a rerun after an upgrade trains anew.
+    """
+    digest = hashlib.sha256()
+    for package in CODE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for library in MODEL_LIBRARIES:
+        try:
+            version = importlib.metadata.version(library)
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed"
+        digest.update(f"{library}=={version}\0".encode())
+    return digest.hexdigest()
 
 
-def idempotency_key(revision: str, config_digest: str, window: TimeWindow, batch_digests: list[str]) -> str:
+def idempotency_key(code_digest: str, config_digest: str, window: TimeWindow, batch_digests: list[str]) -> str:
     """Same data, config and code give the same key; why or when the run happened does not count."""
-    code = f"{revision}:{uncommitted_changes_sha256()}" if revision.endswith("-dirty") else revision
     identity = {
         "config_sha256": config_digest,
-        "code": code,
+        "code_sha256": code_digest,
         "window": window.label(),
         "batches": sorted(batch_digests),
     }
@@ -89,7 +100,7 @@ def prepare(config: TrainingConfig, window: TimeWindow, reason: str, batches: li
         flow_run_id=str(flow_run_id) if flow_run_id else None,
         git_revision=revision,
         config_sha256=config_digest,
-        idempotency_key=idempotency_key(revision, config_digest, window, [b.digest for b in batches]),
+        idempotency_key=idempotency_key(code_sha256(), config_digest, window, [b.digest for b in batches]),
     )
     get_run_logger().info(
         "training %s on %s (reason: %s, revision %s)",

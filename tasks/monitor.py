@@ -70,9 +70,20 @@ class MonitoringOutcome:
 
 
 def days_before(as_of: datetime, days: int) -> TimeWindow:
-    """The `days` whole days that end at `as_of` (exclusive), as a half-open window."""
+    """The `days` whole days before the day of `as_of`, as a half-open window of dates (a retrain window)."""
     end = as_of.astimezone(UTC).date()
     return TimeWindow(start=end - timedelta(days=days), end=end)
+
+
+def check_bounds(as_of: datetime, days: int) -> tuple[pd.Timestamp, pd.Timestamp, TimeWindow]:
+    """What a drift check at `as_of` reads: the instants [as_of - days, as_of), and the days they touch.
+
+    A check at 18:00 sees that day's rows before 18:00; the window of dates only labels the check.
+    """
+    end = pd.Timestamp(as_of).tz_convert(UTC)
+    start = end - pd.Timedelta(days=days)
+    last_day = end.date() if end == end.normalize() else end.date() + timedelta(days=1)
+    return start, end, TimeWindow(start=start.date(), end=last_day)
 
 
 @task(cache_policy=NO_CACHE)
@@ -93,9 +104,9 @@ def load_reference(config: TrainingConfig, champion: VersionRef) -> Reference:
 @task(cache_policy=NO_CACHE)
 def recent_window(config: TrainingConfig, stores: Stores, as_of: datetime) -> tuple[pd.DataFrame, TimeWindow]:
     """The inference log's rows in the check window, delayed labels joined where they arrived."""
-    window = days_before(as_of, config.monitoring.window_days)
+    start, end, window = check_bounds(as_of, config.monitoring.window_days)
     log = InferenceLog(DataStore(stores.data_uri), config)
-    frame = log.read(pd.Timestamp(window.start, tz="UTC"), pd.Timestamp(window.end, tz="UTC"))
+    frame = log.read(start, end)
     get_run_logger().info("inference log %s: %d rows", window.label(), len(frame))
     return frame, window
 

@@ -271,6 +271,9 @@ class GateConfig(Strict):
     min_improvement: float = Field(0.0, ge=0.0, le=1e6, description="over the champion, in metric units")
     max_slice_regression: float = Field(0.05, ge=0.0, le=1e6)
     min_slice_rows: int = Field(200, ge=1, description="smaller slices are reported, not gated")
+    min_comparison_rows: int = Field(
+        100, ge=1, description="fewer rows that neither model was fitted on: not comparable, nothing promoted"
+    )
 
     @field_validator("min_metric")
     @classmethod

@@ -124,6 +124,7 @@ def train(
                 **splits.describe(),
                 "tuning.n_trials_budget": config.tuning.n_trials,
                 "tuning.timeout_seconds": config.tuning.timeout_seconds,
+                "tuning.stopped_by": tuning.stopped_by,  # "timeout": the cap, not the budget, decided
                 "tuning.seed": config.tuning.seed,
                 **_flat_params("model", params),
             }

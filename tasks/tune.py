@@ -43,6 +43,9 @@ class TuningResult:
     seconds: float
     trials: list[dict[str, Any]] = field(default_factory=list)
     cpu_seconds: float = 0.0  # this process's CPU (all threads) while the study ran: what tuning cost
+    # "trials": the trial budget decided, so a seeded run repeats; "timeout": the time cap cut the
+    # search short on a slow machine, and the same seed may give another model elsewhere
+    stopped_by: str = "trials"
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "trials"}
@@ -131,7 +134,7 @@ def run_study(
     warm = warm_start_params(tuning.search_space, champion_params) if tuning.warm_start_from_champion else {}
     if warm:
         study.enqueue_trial(warm, user_attrs={"source": "champion"}, skip_if_exists=True)
-    started, cpu_started = time.monotonic(), time.process_time()
+    started, cpu_started, finished_before = time.monotonic(), time.process_time(), len(study.trials)
     study.optimize(
         make_objective(config, splits),
         n_trials=tuning.n_trials,
@@ -140,6 +143,13 @@ def run_study(
         catch=(ValueError,),  # one bad corner of the space fails its trial, not the search
     )
     states = [t.state for t in study.trials]
+    ran = len(study.trials) - finished_before
+    stopped_by = "trials" if ran >= tuning.n_trials else "timeout"
+    if stopped_by == "timeout":
+        logging.getLogger(__name__).warning(
+            "study %s: the %d s cap stopped it after %d of %d trials; the search is not repeatable on this machine",
+            study_name, tuning.timeout_seconds, ran, tuning.n_trials,
+        )  # fmt: skip
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise RuntimeError(f"study {study_name}: no trial completed ({len(states)} tried); see the trial log")
@@ -154,6 +164,7 @@ def run_study(
         warm_started=bool(warm),
         seconds=round(time.monotonic() - started, 2),
         cpu_seconds=round(time.process_time() - cpu_started, 2),
+        stopped_by=stopped_by,
         trials=[
             {"number": t.number, "state": t.state.name, "value": t.value, **t.params, **t.user_attrs}
             for t in study.trials

@@ -186,3 +186,22 @@ def test_command_line_reports_a_bad_batch_in_one_clear_line_per_failure(
     assert "2013-01.csv: table: readable: not UTF-8 text" in err
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_a_run_on_an_older_window_is_judged_on_rows_neither_model_was_fitted_on(
+    home: Path, flights_config: TrainingConfig
+) -> None:
+    # The concurrency test's windows: every row of the older run's own holdout (02-15..03-01) lies in
+    # the newer champion's fit set (01-15..03-01), where the champion is scored in-sample and wins.
+    newer = training(config=flights_config, window=TimeWindow(start="2013-01-15", end="2013-03-15"), reason="newer")
+    older = training(config=flights_config, window=TimeWindow(start="2013-01-01", end="2013-03-01"), reason="older")
+
+    client = MlflowClient()
+    name = flights_config.model_name
+    champion_run = client.get_run(client.get_model_version(name, newer.version).run_id)
+    older_run = client.get_run(client.get_model_version(name, older.version).run_id)
+    assert older_run.data.params["compared_on"] == f"version {newer.version}'s holdout"
+    # the champion was scored on its own holdout (03-01..03-15), out of sample, not on rows it learnt
+    assert older_run.data.metrics["champion_holdout_roc_auc"] == pytest.approx(
+        champion_run.data.metrics["holdout_roc_auc"]
+    )

@@ -158,3 +158,25 @@ def test_a_changed_champion_is_judged_again_and_the_better_model_wins(
     assert worse.outcome == "superseded"
     assert "does not beat it" in worse.reason
     assert aliases(client) == {CHAMPION: "3", PREVIOUS: "2"}
+
+
+def test_a_champion_that_cannot_be_loaded_under_the_lock_is_never_beaten_by_default(
+    client: MlflowClient, candidates, tmp_path: Path
+) -> None:
+    from tasks.evaluate import rejudge_against
+    from tasks.settings import TrainingConfig
+    from tasks.split import time_split
+    from tasks.stores import Stores
+    from tests.unit.conftest import config_dict, synthetic_frame
+
+    config = TrainingConfig.model_validate({**config_dict("binary"), "model_name": NAME})
+    splits = time_split(synthetic_frame("binary"), "ts", config.split)
+    apply_decision(client, candidates[0], report(True), None, tmp_path)
+    apply_decision(client, candidates[1], report(True), "1", tmp_path)  # 2 became champion meanwhile
+    client.delete_model_version(NAME, "2")  # and then vanished from the registry
+    rejudge = rejudge_against(config, splits, config.window, candidates[2], Stores.from_env())
+
+    verdict = rejudge("2")
+
+    assert not verdict.passed
+    assert "champion 2 could not be scored" in verdict.reason

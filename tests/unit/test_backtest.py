@@ -11,7 +11,7 @@ import pytest
 
 from tasks.backtest import ReplayPlan, measure_baselines, period_quality
 from tasks.frontier import hindsight_frontier
-from tasks.ingest import rows_in
+from tasks.ingest import read_source, rows_in
 from tasks.model import build_pipeline, features_and_target
 from tasks.score import score_frame
 from tasks.settings import ReplayConfig, TimeWindow
@@ -83,15 +83,18 @@ def drifting(make_frame, task: str) -> pd.DataFrame:  # type: ignore[no-untyped-
 
 
 @pytest.fixture(params=["binary", "multiclass", "regression"])
-def case(request, make_config, make_frame):  # type: ignore[no-untyped-def]
+def case(request, make_config, make_frame, tmp_path):  # type: ignore[no-untyped-def]
+    """A small files dataset of each task type, read back through the source like any replay's."""
     task = request.param
+    drifting(make_frame, task).to_csv(tmp_path / "history.csv", index=False)
     config = make_config(
         task,
+        source={"kind": "files", "path": str(tmp_path / "history.csv")},
         window={"start": "2024-01-01", "end": "2024-01-22"},
         monitoring={"retrain_window_days": 14},
         replay={"start": "2024-01-22", "end": "2024-03-01", "period": "week"},
     )
-    frame = drifting(make_frame, task)
+    frame = read_source(config)
     initial = rows_in(frame, "ts", config.initial_window)
     static = build_pipeline(config, {"max_iter": 30}).fit(*features_and_target(config, initial))
     return config, frame, static

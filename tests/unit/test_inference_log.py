@@ -7,7 +7,7 @@ shapes and for the pure label join.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -67,9 +67,11 @@ def predictions_for(frame: pd.DataFrame, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 1, len(frame))
 
 
-def append(log: InferenceLog, frame: pd.DataFrame, batch_id: str, predictions=None, version: str = "3") -> str:
+def append(
+    log: InferenceLog, frame: pd.DataFrame, batch_id: str, predictions=None, version: str = "3", scored_at=SCORED_AT
+) -> str:
     preds = predictions_for(frame) if predictions is None else predictions
-    return log.append(frame, preds, batch_id, "flights-late-arrival", version, SCORED_AT)
+    return log.append(frame, preds, batch_id, "flights-late-arrival", version, scored_at)
 
 
 def day(frame: pd.DataFrame, which: date) -> pd.DataFrame:
@@ -173,15 +175,29 @@ def test_reappending_a_batch_replaces_it(log, scored_frame):
     first_day = day(scored_frame, date(2013, 1, 1))
     append(log, first_day, "b2", np.full(len(first_day), 0.5))
 
-    append(log, scored_frame, "b1", np.full(len(scored_frame), 0.8), version="4")
+    later = SCORED_AT + timedelta(hours=1)
+    append(log, scored_frame, "b1", np.full(len(scored_frame), 0.8), version="4", scored_at=later)
 
     back = log.read()
     assert log.batches() == ["b1", "b2"]
-    assert len(back) == len(scored_frame) + len(first_day)
-    b1 = back[back["batch_id"] == "b1"]
-    assert len(b1) == len(scored_frame)
-    assert (b1[PREDICTION] == 0.8).all()
-    assert (b1["model_version"] == "4").all()
+    assert len(back) == len(scored_frame)  # the first day, also in b2, counts once: its latest scoring
+    assert (back["batch_id"] == "b1").all()
+    assert (back[PREDICTION] == 0.8).all()
+    assert (back["model_version"] == "4").all()
+
+
+def test_rows_scored_twice_under_two_batch_ids_count_once_as_their_latest_scoring(log, scored_frame):
+    first_day = day(scored_frame, date(2013, 1, 1))
+    append(log, scored_frame, "whole-window", np.full(len(scored_frame), 0.2), version="3")
+    append(log, first_day, "overlap", np.full(len(first_day), 0.9), version="4", scored_at=SCORED_AT + timedelta(1))
+
+    back = log.read()
+
+    assert len(back) == len(scored_frame)
+    assert not back.duplicated(subset=["time_hour", "carrier", "flight", "origin"]).any()
+    again = back[back["time_hour"] < pd.Timestamp("2013-01-02", tz="UTC")]
+    assert (again["model_version"] == "4").all()
+    assert (back.loc[back["time_hour"] >= pd.Timestamp("2013-01-02", tz="UTC"), "model_version"] == "3").all()
 
 
 def test_read_returns_the_half_open_window_sorted(log, scored_frame):

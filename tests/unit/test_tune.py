@@ -104,6 +104,17 @@ def test_same_seed_gives_the_same_search(tmp_path: Path, binary_setup) -> None:
     assert params == [{k: t[k] for k in config.tuning.search_space} for t in second.trials]
     assert len({tuple(p.values()) for p in params}) == 4  # it did search: four distinct points
     assert not first.warm_started
+    assert first.stopped_by == second.stopped_by == "trials"  # the budget decided, not the clock
+
+
+def test_a_time_cap_that_cuts_the_search_short_is_recorded(tmp_path: Path, make_config, binary_setup) -> None:
+    _, splits = binary_setup
+    capped = make_config("binary", tuning={"n_trials": 500, "timeout_seconds": 1})
+
+    result = run_study(capped, splits, journal(tmp_path), "capped", champion_params=None)
+
+    assert result.n_trials < 500
+    assert result.stopped_by == "timeout"
 
 
 def test_a_different_seed_searches_elsewhere(tmp_path: Path, make_config, binary_setup) -> None:
