@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.artifacts import UntrustedModelError, load_logged, load_version
 from tasks.fairness import fairness_report
-from tasks.gate import GateReport, MetricReport, SliceMetrics, decide
+from tasks.gate import GateReport, MetricReport, SliceMetrics, decide_evaluation
 from tasks.ingest import parse_batch
 from tasks.model import compute_metrics, features_and_target, model_classes, predict_scores
 from tasks.registry import VersionRef, get_version
@@ -222,9 +222,9 @@ def rejudge_against(
             run_tags = MlflowClient().get_run(candidate.run_id).data.tags
             model = load_logged(candidate.model_uri, run_tags, candidate.label)
         except SCORING_ERRORS as exc:
-            return _report(config, _unscored(version, f"{type(exc).__name__}: {exc}"))
+            return decide_evaluation(config, _unscored(version, f"{type(exc).__name__}: {exc}"))
         fitted = Fitted.of_splits(window, splits.holdout_start)
-        return _report(
+        return decide_evaluation(
             config, judge(config, DataStore(stores.data_uri), model, fitted, lambda: splits.holdout, champion)
         )
 
@@ -234,19 +234,6 @@ def rejudge_against(
 def _unscored(version: str, error: str) -> Evaluation:
     nothing = MetricReport(overall={}, slices={}, fairness=None)
     return Evaluation(0, nothing, None, version, error)
-
-
-def _report(config: TrainingConfig, evaluation: Evaluation) -> GateReport:
-    return decide(
-        metric=config.gate.metric,
-        higher_is_better=config.higher_is_better,
-        rules=config.gate,
-        challenger=evaluation.challenger,
-        champion=evaluation.champion,
-        champion_version=evaluation.champion_version,
-        champion_error=evaluation.champion_error,
-        fairness_bounds=config.fairness.bounds,
-    )
 
 
 # --- judging a registered version by hand (`driftloop promote --version N`) ----------------------
@@ -297,4 +284,4 @@ def judge_version(
     evaluation = judge(
         config, store, model, Fitted.of_version(version), lambda: rebuild_holdout(config, store, version), champion
     )
-    return _report(config, evaluation), evaluation.holdout_rows
+    return decide_evaluation(config, evaluation), evaluation.holdout_rows

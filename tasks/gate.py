@@ -215,10 +215,9 @@ def fairness_checks(bounds: dict[str, float], report: FairnessReport | None) -> 
 # --- the stage: decide, then show the report in Prefect and MLflow -----------------------------
 
 
-@task(name="gate", cache_policy=NO_CACHE)
-def gate(config: TrainingConfig, evaluation: Evaluation, candidate: Candidate) -> GateReport:
-    """Decide once, then publish the whole report: a Prefect artifact and MLflow run files."""
-    report = decide(
+def decide_evaluation(config: TrainingConfig, evaluation: Evaluation) -> GateReport:
+    """The config's rules applied to an evaluation (the training gate and every re-judgement)."""
+    return decide(
         metric=config.gate.metric,
         higher_is_better=config.higher_is_better,
         rules=config.gate,
@@ -228,6 +227,12 @@ def gate(config: TrainingConfig, evaluation: Evaluation, candidate: Candidate) -
         champion_error=evaluation.champion_error,
         fairness_bounds=config.fairness.bounds,
     )
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate(config: TrainingConfig, evaluation: Evaluation, candidate: Candidate) -> GateReport:
+    """Decide once, then publish the whole report: a Prefect artifact and MLflow run files."""
+    report = decide_evaluation(config, evaluation)
     title = f"Gate: {candidate.label}"
     markdown = report.markdown(title)
     create_markdown_artifact(markdown, key=artifact_key("gate", candidate.name), description=title)
