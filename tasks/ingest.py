@@ -202,11 +202,11 @@ def ingest(config: TrainingConfig, window: TimeWindow, stores: Stores, labelled:
 
 @task(cache_policy=NO_CACHE)
 def land_labels(config: TrainingConfig, window: TimeWindow, stores: Stores) -> tuple[pd.DataFrame, str]:
-    """Labels arriving late: the row key and target of a past window of the source.
+    """Labels arriving late: the row key and target of a past window of the source (rows that have one).
 
     They are landed (content-hashed) like any batch, so what was joined can be traced back.
     """
-    labels = labels_only(config, read_source(config, window))
+    labels = labels_only(config, read_source(config, window)).dropna(subset=[config.target])
     path, digest = DataStore(stores.data_uri).land(
         config.name, f"{config.name}-{window.label()}-labels.parquet", frame_to_parquet_bytes(labels)
     )

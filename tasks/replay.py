@@ -31,8 +31,9 @@ from tasks.artifacts import load_version
 from tasks.backtest import Baselines, ReplayError, ReplayPlan, measure_baselines, period_quality
 from tasks.frontier import Frontier, hindsight_frontier
 from tasks.inference_log import PREDICTION, InferenceLog
-from tasks.ingest import read_source, rows_in
+from tasks.ingest import land_labels, read_source, rows_in
 from tasks.registry import get_version
+from tasks.score import record_labels
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
 from tasks.validate import build_schema, schema_failures
@@ -202,21 +203,12 @@ def training_cpu_seconds(config: TrainingConfig, reason: str) -> float | None:
 
 @task(cache_policy=NO_CACHE)
 def record_arrived_labels(config: TrainingConfig, window: TimeWindow, stores: Stores) -> int:
-    """The labels of `window` arrive: they are landed and recorded in the inference log."""
-    from tasks.ingest import labels_only
-
-    labels = labels_only(config, read_source(config, window)).dropna(subset=[config.target])
+    """The labels of `window` arrive: landed and recorded in the inference log as the scoring flow does."""
+    labels, batch_id = land_labels.fn(config=config, window=window, stores=stores)
     if labels.empty:
         get_run_logger().warning("no label arrived for %s", window.label())
         return 0
-    from tasks.ingest import frame_to_parquet_bytes
-
-    store = DataStore(stores.data_uri)
-    _, digest = store.land(
-        config.name, f"{config.name}-{window.label()}-labels.parquet", frame_to_parquet_bytes(labels)
-    )
-    InferenceLog(store, config).record_labels(labels, digest[:16])
-    get_run_logger().info("labels for %s arrived: %d rows", window.label(), len(labels))
+    record_labels.fn(config=config, labels=labels, batch_id=batch_id, stores=stores)
     return len(labels)
 
 
