@@ -76,6 +76,35 @@ def neither_fitted(frame: pd.DataFrame, timestamp: str, *spans: Fitted) -> pd.Da
     return frame[outside].reset_index(drop=True)
 
 
+def comparison_rows(
+    config: TrainingConfig,
+    challenger_fitted: Fitted,
+    challenger_holdout: Callable[[], pd.DataFrame],
+    champion_fitted: Fitted,
+    champion_holdout: Callable[[], pd.DataFrame],
+    champion_version: str,
+) -> tuple[str, pd.DataFrame, str | None]:
+    """(which holdout, its rows neither model was fitted on, why not comparable or None).
+
+    The holdout is that of whichever window ends later: the other model was fitted on earlier data,
+    so only that one can hold rows new to both. Fewer than `gate.min_comparison_rows` of them is
+    not comparable. Only the chosen holdout is built.
+    """
+    if champion_fitted.window_end > challenger_fitted.window_end:
+        compared_on, holdout = f"version {champion_version}'s holdout", champion_holdout()
+    else:
+        compared_on, holdout = "the challenger's holdout", challenger_holdout()
+    rows = neither_fitted(holdout, config.timestamp, challenger_fitted, champion_fitted)
+    if len(rows) >= config.gate.min_comparison_rows:
+        return compared_on, rows, None
+    return (
+        compared_on,
+        rows,
+        f"not comparable: {len(rows)} of the {len(holdout)} rows of {compared_on} were fitted by neither "
+        f"model (at least {config.gate.min_comparison_rows} needed)",
+    )
+
+
 def slice_metrics(config: TrainingConfig, frame: pd.DataFrame, scores: Any, classes: list[Any] | None) -> SliceMetrics:
     """Metrics per value of each slice column (rows recorded, so the gate can skip tiny slices)."""
     _, target = features_and_target(config, frame)
@@ -132,20 +161,16 @@ def judge(
     compared_on, holdout, error = "the challenger's holdout", None, None
     try:
         champion_fitted = Fitted.of_version(champion)
-        if champion_fitted.window_end > challenger_fitted.window_end:
-            compared_on = f"version {champion.version}'s holdout"
-            holdout = rebuild_holdout(config, store, champion)
-        else:
-            holdout = challenger_holdout()
-        rows = neither_fitted(holdout, config.timestamp, challenger_fitted, champion_fitted)
-        if len(rows) < config.gate.min_comparison_rows:
-            error = (
-                f"not comparable: {len(rows)} of the {len(holdout)} rows of {compared_on} were fitted by neither "
-                f"model (at least {config.gate.min_comparison_rows} needed)"
-            )
-            champion_report = None
-        else:
-            champion_report = score_champion(config, champion, rows)
+        compared_on, rows, error = comparison_rows(
+            config,
+            challenger_fitted,
+            challenger_holdout,
+            champion_fitted,
+            lambda: rebuild_holdout(config, store, champion),
+            champion.version,
+        )
+        holdout = rows
+        champion_report = None if error else score_champion(config, champion, rows)
     except (HoldoutUnavailable, *SCORING_ERRORS) as exc:
         error, champion_report = f"{type(exc).__name__}: {exc}", None
         rows = holdout if holdout is not None else challenger_holdout()

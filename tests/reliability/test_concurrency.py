@@ -2,8 +2,8 @@
 
 Both start from the same champion. On the same data they share an idempotency key: one version
 is registered, the other run is recorded as superseded. On different data both may pass their
-gate; the second to decide is judged again against the first (now champion) on its own holdout,
-so the better model wins, and no two promotions come from the same comparison. SQLite is shared
+gate; the second to decide is judged again against the first (now champion) on rows neither was
+fitted on, so the better model on those rows wins, and no two promotions come from the same comparison. SQLite is shared
 by both processes: no "database is locked" may escape.
 """
 
@@ -13,12 +13,22 @@ from collections import Counter
 from dataclasses import replace
 
 from mlflow import MlflowClient
+from sklearn.metrics import roc_auc_score
 
+from tasks.artifacts import load_version
+from tasks.ingest import load_bundled
+from tasks.model import features_and_target, predict_scores
 from tasks.registry import CHAMPION, TAG_COMPARED_WITH, TAG_DECISION, TAG_DECISION_REASON
+from tasks.settings import TimeWindow, load_config
+from tasks.validate import check_frame
 from tests.reliability.conftest import DATASET, MODEL, World
 from tests.reliability.invariants import assert_invariants
 
 BASELINE = ("--start", "2013-01-01", "--end", "2013-02-01", "--reason", "baseline")
+LEFT = ("--start", "2013-01-01", "--end", "2013-03-01", "--reason", "left")
+RIGHT = ("--start", "2013-01-15", "--end", "2013-03-15", "--reason", "right")
+# Fitted by neither run: LEFT's window ends here, RIGHT holds these days out as its holdout.
+UNSEEN_BY_BOTH = TimeWindow(start="2013-03-01", end="2013-03-15")
 
 
 def registry(world: World) -> MlflowClient:
@@ -40,6 +50,16 @@ def together(world: World, *runs: tuple[str, ...]) -> list[str]:
         assert code == 0, log[-4000:]
         assert "database is locked" not in log
     return logs
+
+
+def score_on_unseen_rows(world: World, version: str) -> float:
+    """A version's ROC AUC on the days neither concurrent run was fitted on, computed here, not by the gate."""
+    config = load_config(world.config_path)
+    rows, failures = check_frame(config, load_bundled(config, UNSEEN_BY_BOTH), "unseen")
+    assert failures == []
+    features, target = features_and_target(config, rows)
+    model = load_version(MODEL, version, registry(world))
+    return float(roc_auc_score(target, predict_scores(model, features, "binary")))
 
 
 def trained(world: World, args: tuple[str, ...]) -> None:
@@ -71,11 +91,7 @@ def test_two_runs_on_different_data_promote_at_most_once_per_comparison(world: W
     client = registry(world)
     baseline = str(client.get_model_version_by_alias(MODEL, CHAMPION).version)
 
-    together(
-        world,
-        ("--start", "2013-01-01", "--end", "2013-03-01", "--reason", "left"),
-        ("--start", "2013-01-15", "--end", "2013-03-15", "--reason", "right"),
-    )
+    together(world, LEFT, RIGHT)
 
     versions = client.search_model_versions(f"name = '{MODEL}'")
     assert len(versions) == 3
@@ -85,12 +101,24 @@ def test_two_runs_on_different_data_promote_at_most_once_per_comparison(world: W
     assert all(count == 1 for count in comparisons.values()), comparisons
     champion = str(client.get_model_version_by_alias(MODEL, CHAMPION).version)
     new = [v for v in versions if str(v.version) != baseline]
+    unseen = {str(v.version): score_on_unseen_rows(world, str(v.version)) for v in new}
+    rejudged = 0
     for version in new:
         decision, reason = version.tags[TAG_DECISION], version.tags[TAG_DECISION_REASON]
         assert decision in {"promoted", "rejected", "superseded"}
         if "judged again" in reason:
+            rejudged += 1
             # the later one met the earlier one's promotion and was compared with it, not with the baseline
             other = next(str(v.version) for v in new if v.version != version.version)
             assert version.tags[TAG_COMPARED_WITH] == other
             assert (decision == "promoted") == (champion == str(version.version))
+            # ...on rows neither saw: it wins only by being better there, and loses when clearly worse
+            mine, theirs = unseen[str(version.version)], unseen[other]
+            if decision == "promoted":
+                assert mine > theirs, (unseen, reason)
+            elif mine < theirs - 0.005:
+                assert decision == "rejected", (unseen, reason)
+    if rejudged and champion in unseen:  # the two met: the champion is the better on unseen rows, or tied
+        margin = load_config(world.config_path).gate.min_improvement  # a gain below it never promotes
+        assert unseen[champion] >= max(unseen.values()) - margin, (unseen, champion)
     assert_invariants(world.stores, MODEL, DATASET, prefect_api=world.api)

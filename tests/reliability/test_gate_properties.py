@@ -5,7 +5,10 @@ NaN, +inf, -inf, values far outside [0, 1]), random rules and random slices: a p
 means strictly better than the champion on the same holdout, by the margin, with no judged
 slice regressing beyond its bound. Then a state machine over a real MLflow SQLite registry:
 real logged candidates go through `apply_decision`, some with a promotion landing between
-their gate and their promotion, and the champion's holdout metric never goes down.
+their gate and their promotion, and the champion's holdout metric never goes down. A second
+machine gives every candidate a training window of its own (so each has its own holdout, and a
+model scores perfectly on rows it was fitted on): the comparison must be made on rows neither was
+fitted on, or recorded as not comparable, and the outcome is the one the models' true quality implies.
 
 Settings are derandomized and write no example database, so CI runs the same examples every time.
 """
@@ -17,11 +20,13 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
 
 import mlflow
+import pandas as pd
 import pytest
 from hypothesis import Phase, event, find, given, settings, target
 from hypothesis import strategies as st
@@ -30,12 +35,14 @@ from mlflow import MlflowClient
 from mlflow.tracking import _tracking_service, fluent
 from mlflow.tracking._model_registry import utils as registry_utils
 
+from tasks.evaluate import Fitted, comparison_rows
 from tasks.faults import FAILPOINTS_ENV
 from tasks.gate import GateReport, MetricReport, decide
 from tasks.promote import apply_decision
 from tasks.registry import CHAMPION, TAG_DECISION, version_by_alias
-from tasks.settings import METRIC_DIRECTIONS, GateConfig
+from tasks.settings import METRIC_DIRECTIONS, GateConfig, TimeWindow, TrainingConfig
 from tests.candidates import logged_candidate
+from tests.unit.conftest import config_dict
 
 PURE = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 REGISTRY = settings(max_examples=8, stateful_step_count=8, deadline=None, derandomize=True, database=None)
@@ -498,3 +505,126 @@ class PromotionMachine(RuleBasedStateMachine):
 
 def test_the_champion_never_gets_worse_over_a_sequence_of_candidates(registry: Registry) -> None:
     run_state_machine_as_test(lambda: PromotionMachine(registry), settings=REGISTRY)
+
+
+# --- each candidate with its own window: cross-holdout comparisons -------------------------------
+
+DAY0 = date(2024, 1, 1)
+TIMELINE = pd.DataFrame({"ts": pd.date_range(DAY0, periods=24 * 150, freq="h", tz="UTC")})
+HOLDOUT_DAYS = 5
+
+
+class Trained(NamedTuple):
+    fitted: Fitted
+    holdout: pd.DataFrame
+    quality: float  # its roc_auc on any row it was not fitted on
+
+
+def trained_on(start_day: int, days: int, quality: float, whole_window: bool = False) -> Trained:
+    """`whole_window`: refitted on its holdout too (or a version whose split was never recorded)."""
+    start, end = DAY0 + timedelta(days=start_day), DAY0 + timedelta(days=start_day + days)
+    holdout_start = pd.Timestamp(end - timedelta(days=HOLDOUT_DAYS), tz="UTC")
+    stamps = TIMELINE["ts"]
+    holdout = TIMELINE[(stamps >= holdout_start) & (stamps < pd.Timestamp(end, tz="UTC"))]
+    fitted_until = pd.Timestamp(end, tz="UTC") if whole_window else holdout_start
+    return Trained(Fitted.of_splits(TimeWindow(start=start, end=end), fitted_until), holdout, quality)
+
+
+def measured(model: Trained, rows: pd.DataFrame) -> float:
+    """What scoring `rows` shows: a perfect score if any of them was in its fit set (memorised)."""
+    stamps = rows["ts"]
+    seen = ((stamps >= model.fitted.start) & (stamps < model.fitted.end)).any()
+    return 1.0 if seen else model.quality
+
+
+class CrossHoldoutMachine(RuleBasedStateMachine):
+    """Candidates with windows of their own, judged through `comparison_rows` and the real guard."""
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__()
+        self.client, self.lock_dir = registry.client, registry.lock_dir
+        self.name = f"cross-holdout-{next(_models)}"
+        self.config = TrainingConfig.model_validate({**config_dict("binary"), "model_name": self.name})
+        self.models: dict[str, Trained] = {}
+        self.last_quality: float | None = None
+
+    def champion(self) -> tuple[str, Trained] | None:
+        found = version_by_alias(self.name, CHAMPION, self.client)
+        return None if found is None else (found.version, self.models[found.version])
+
+    @rule(
+        start=st.integers(0, 110),
+        days=st.integers(HOLDOUT_DAYS + 2, 40),
+        quality=st.sampled_from([0.55, 0.6, 0.6 + 1e-12, 0.65, 0.7, 0.7, 0.75]),
+        whole_window=st.sampled_from([False, False, True]),
+    )
+    def candidate(self, start: int, days: int, quality: float, whole_window: bool) -> None:
+        challenger = trained_on(start, days, quality, whole_window)
+        current = self.champion()
+        gate = self.config.gate
+        if current is None:
+            report = decide(
+                HOLDOUT_METRIC,
+                True,
+                gate,
+                MetricReport({HOLDOUT_METRIC: measured(challenger, challenger.holdout)}),
+                None,
+            )
+            expected = "promoted"
+        else:
+            version, champion = current
+            _, rows, error = comparison_rows(
+                self.config,
+                challenger.fitted,
+                lambda: challenger.holdout,
+                champion.fitted,
+                lambda: champion.holdout,
+                version,
+            )
+            report = decide(
+                HOLDOUT_METRIC,
+                True,
+                gate,
+                MetricReport({HOLDOUT_METRIC: measured(challenger, rows)}),
+                None if error else MetricReport({HOLDOUT_METRIC: measured(champion, rows)}),
+                champion_version=version,
+                champion_error=error,
+            )
+            later = challenger if challenger.fitted.window_end >= champion.fitted.window_end else champion
+            fresh = later.holdout[
+                ~later.holdout["ts"].between(challenger.fitted.start, challenger.fitted.end, inclusive="left")
+                & ~later.holdout["ts"].between(champion.fitted.start, champion.fitted.end, inclusive="left")
+            ]
+            truly = decide(
+                HOLDOUT_METRIC,
+                True,
+                gate,
+                MetricReport({HOLDOUT_METRIC: quality}),
+                MetricReport({HOLDOUT_METRIC: champion.quality}),
+            )
+            expected = "promoted" if len(fresh) >= gate.min_comparison_rows and truly.passed else "rejected"
+            event("comparable" if error is None else "not comparable")
+        decision = apply_decision(
+            self.client,
+            logged_candidate(self.name),
+            report,
+            compared_with=None if current is None else current[0],
+            lock_dir=self.lock_dir,
+        )
+        assert decision.version is not None
+        self.models[decision.version] = challenger
+        assert decision.outcome == expected, (decision.reason, challenger, current)
+
+    @invariant()
+    def the_champions_true_quality_never_goes_down(self) -> None:
+        current = self.champion()
+        if current is None:
+            return
+        quality = current[1].quality
+        if self.last_quality is not None:
+            assert quality >= self.last_quality
+        self.last_quality = quality
+
+
+def test_each_candidate_with_its_own_window_is_compared_on_rows_neither_model_saw(registry: Registry) -> None:
+    run_state_machine_as_test(lambda: CrossHoldoutMachine(registry), settings=REGISTRY)

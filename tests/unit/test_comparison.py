@@ -37,3 +37,30 @@ def test_a_model_is_never_fitted_on_its_own_holdout_and_rows_before_a_window_are
     january = HOURS[HOURS["ts"] < pd.Timestamp("2013-02-01", tz="UTC")]
     assert len(neither_fitted(january, "ts", model)) == len(january)
     assert model.window_end == date(2013, 3, 1)
+
+
+def test_slice_metrics_score_each_value_on_its_own_rows_and_name_missing_values(make_config) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from tasks.evaluate import slice_metrics
+
+    config = make_config("binary")  # slices: [c1]
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame(
+        {
+            "x1": rng.random(300),
+            "x2": rng.random(300),
+            "c1": np.array(["a", "b", None] * 100, dtype=object),
+            "y": rng.integers(0, 2, 300),
+        }
+    )
+    scores = np.where(frame["c1"] == "a", frame["y"] * 0.8 + 0.1, rng.random(300))  # "a" is ranked perfectly
+
+    slices = slice_metrics(config, frame, scores, None)
+
+    assert set(slices) == {"c1=a", "c1=b", "c1=<missing>"}
+    assert [slices[k]["rows"] for k in ("c1=a", "c1=b", "c1=<missing>")] == [100.0, 100.0, 100.0]
+    assert slices["c1=a"]["roc_auc"] == 1.0
+    b = (frame["c1"] == "b").to_numpy()
+    assert slices["c1=b"]["roc_auc"] == roc_auc_score(frame["y"][b], scores[b])

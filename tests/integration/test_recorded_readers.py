@@ -1,0 +1,83 @@
+"""What the loop reads back from MLflow: a monitoring reference, and the decision a triggered run recorded.
+
+Real SQLite registry, real logged models (tests/candidates.py); no Prefect needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from prefect.logging import disable_run_logger
+
+from tasks.gate import Check, GateReport
+from tasks.monitor import REFERENCE_ARTIFACT, load_reference
+from tasks.promote import apply_decision
+from tasks.registry import VersionRef
+from tasks.replay import decision_of
+from tasks.settings import TrainingConfig
+from tests.candidates import logged_candidate, registry_of_its_own
+from tests.unit.conftest import config_dict
+
+NAME = "readers-model"
+
+
+@pytest.fixture
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
+    return registry_of_its_own(tmp_path, monkeypatch, "readers")
+
+
+@pytest.fixture
+def config() -> TrainingConfig:
+    return TrainingConfig.model_validate({**config_dict("binary"), "model_name": NAME})
+
+
+def gate(passed: bool) -> GateReport:
+    why = "improvement 0.0100 over champion" if passed else "worse by 0.0100 than champion"
+    return GateReport(
+        metric="roc_auc",
+        passed=passed,
+        checks=[Check("beats champion", passed, why)],
+        challenger_value=0.7 if passed else 0.68,
+        champion_value=0.69,
+        champion_version=None,
+    )
+
+
+def test_decision_of_reads_the_version_its_reason_registered(client, config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    for reason, passed in (("drift event A", True), ("drift event B", False)):
+        candidate = logged_candidate(NAME)
+        tagged = dataclasses.replace(candidate, version_tags={**candidate.version_tags, "driftloop.reason": reason})
+        champion = client.get_registered_model(NAME).aliases.get("champion") if passed is False else None
+        apply_decision(client, tagged, gate(passed), compared_with=champion and str(champion), lock_dir=tmp_path)
+
+    promoted, why = decision_of(config, "drift event A")
+    rejected, why_not = decision_of(config, "drift event B")
+
+    assert promoted is True
+    assert rejected is False
+    assert why != why_not
+    assert "worse by 0.0100" in why_not
+    assert decision_of(config, "drift event C") == (None, "the triggered run registered no version")
+
+
+def test_load_reference_returns_the_logged_sample_and_the_holdout_metric(client, config, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sample = pd.DataFrame({"x1": [1.0, 2.0], "c1": ["a", "b"], "prediction": [None, 0.3]})
+    path = tmp_path / "reference.parquet"
+    sample.to_parquet(path, index=False)
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(path), artifact_path=REFERENCE_ARTIFACT.rsplit("/", 1)[0])
+        mlflow.log_metric("holdout_roc_auc", 0.71)
+    champion = VersionRef(name=NAME, version="4", run_id=run.info.run_id, tags={})
+
+    with disable_run_logger():
+        reference = load_reference.fn(config=config, champion=champion)
+        with pytest.raises(ValueError, match="has no run: it was not trained by driftloop"):
+            load_reference.fn(config=config, champion=dataclasses.replace(champion, run_id=None))
+
+    pd.testing.assert_frame_equal(reference.frame, sample)
+    assert (reference.model_version, reference.run_id, reference.holdout_value) == ("4", run.info.run_id, 0.71)
