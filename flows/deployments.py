@@ -36,6 +36,7 @@ from flows.scoring import scoring
 from flows.training import training
 from tasks.notify import DRIFT_EVENT, model_resource
 from tasks.recovery import reconcile
+from tasks.services import redact, unavailable
 from tasks.settings import ConfigError, TrainingConfig, load_config
 from tasks.stores import Stores
 
@@ -121,9 +122,10 @@ def reconcile_at_startup() -> None:
     try:
         repairs = reconcile(stores)
     except Exception as error:  # serving must start even if, say, MLflow is down; training retries
-        print(f"startup reconciliation failed ({type(error).__name__}: {error}); each training run retries it")
+        why = unavailable(error, stores.mlflow_tracking_uri) or f"{type(error).__name__}: {error}"
+        print(f"startup reconciliation failed ({redact(why)}); each training run retries it", file=sys.stderr)
         return
-    print(f"startup reconciliation: {repairs.summary()}", file=sys.stderr)
+    print(f"startup reconciliation: {redact(repairs.summary())}", file=sys.stderr)
 
 
 def _interrupt(signum: int, frame: object) -> None:

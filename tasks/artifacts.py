@@ -27,8 +27,12 @@ TAG_MODEL_MANIFEST = "driftloop.model_manifest"  # JSON manifest of the model's 
 TAG_MODEL_SHA256 = "driftloop.model_sha256"  # sha256 of that manifest: one value to compare
 TAG_RUN_MANIFEST = "driftloop.run_artifacts"  # JSON manifest of the run's other artifacts
 
-# MLflow saves sklearn models with skops (no pickle). These are the non-default types our
-# Pipeline holds; they are ours, so we name them rather than trusting whatever a file lists.
+# MLflow saves sklearn models with skops (no pickle). These are exactly the non-default types our
+# Pipeline holds (tests/unit/test_model.py checks it for every task type), named rather than taken
+# from whatever a file lists. All three come from HistGradientBoosting itself: its fitted trees, and
+# the internal preprocessor it builds for categorical features, a FunctionTransformer whose func is
+# `partial(check_array, ...)`. A partial is only as safe as what it wraps: skops lists the wrapped
+# callable as a type of its own, so a partial around anything but check_array is still refused.
 SKOPS_TRUSTED_TYPES = [
     "functools.partial",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",

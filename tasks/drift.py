@@ -372,18 +372,12 @@ def performance_check(
 
 def gate_metric(config: TrainingConfig, y_true: pd.Series, predicted: pd.Series) -> float:
     """The gate metric of logged predictions (multiclass: labels, so label-based metrics only)."""
-    from tasks.model import compute_metrics  # sklearn et al.: only when labels are there to score
+    from tasks.model import compute_metrics, multiclass_label_metrics  # sklearn: only when labels arrive
 
     metric = config.gate.metric
     if config.task == "multiclass":
-        from sklearn.metrics import accuracy_score, f1_score
-
-        y, labels = y_true.astype(str).to_numpy(), predicted.astype(str).to_numpy()
-        label_metrics = {
-            "f1_macro": float(f1_score(y, labels, average="macro", zero_division=0)),
-            "accuracy": float(accuracy_score(y, labels)),
-        }
-        return label_metrics.get(metric, math.nan)
+        labels = multiclass_label_metrics(y_true.astype(str).to_numpy(), predicted.astype(str).to_numpy())
+        return labels.get(metric, math.nan)
     if config.task == "binary":
         y_binary = y_true.astype("int64").to_numpy()
         return float(compute_metrics("binary", y_binary, predicted.astype(float).to_numpy())[metric])

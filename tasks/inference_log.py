@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow.parquet as pq
 
 from tasks.settings import TrainingConfig
 from tasks.stores import DataStore
@@ -280,11 +281,21 @@ class InferenceLog:
         folder = path.rsplit("/", 2)[-2]
         return folder.removeprefix(f"{BATCH_ID}=")
 
-    def _read_area(self, area: str) -> list[pd.DataFrame]:
-        """Every partition of an area in batch-id order, each with its batch id as a column."""
+    def _read_area(
+        self, area: str, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None
+    ) -> list[pd.DataFrame]:
+        """The partitions of an area in batch-id order, each with its batch id as a column.
+
+        With bounds, a partition whose Parquet statistics put every timestamp outside [start, end)
+        is skipped after reading only its footer: a check of one window does not read all history.
+        """
         parts = []
         for path in self.store.find(area, self.config.name, PART):
-            frame = pd.read_parquet(io.BytesIO(self.store.read_bytes(path)))
+            with self.store.open(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                if not may_hold(parquet, self.config.timestamp, start, end):
+                    continue
+                frame = parquet.read().to_pandas()
             frame.insert(0, BATCH_ID, self._batch_of(path))
             parts.append(frame)
         return parts
@@ -325,7 +336,7 @@ class InferenceLog:
         scoring, found by the row key, so drift and performance never count a row twice.
         """
         config = self.config
-        parts = self._read_area("inference")
+        parts = self._read_area("inference", start, end)
         if not parts:
             return self.empty()
         log = pd.concat(parts, ignore_index=True)
@@ -350,3 +361,24 @@ class InferenceLog:
             log = join_labels(log, labels, key_columns(config), config.target)
             log[config.target] = log[config.target].astype(_target_dtype(config))
         return log
+
+
+def may_hold(parquet: pq.ParquetFile, column: str, start: pd.Timestamp | None, end: pd.Timestamp | None) -> bool:
+    """Whether a Parquet file may hold a `column` value in [start, end), by its row groups' statistics.
+
+    True whenever it cannot tell (no bounds, no such column, no statistics, statistics that are not
+    timestamps): skipping is only an optimisation, never a filter.
+    """
+    if start is None and end is None:
+        return True
+    index = parquet.schema_arrow.get_field_index(column)
+    if index < 0:
+        return True
+    for group in range(parquet.metadata.num_row_groups):
+        stats = parquet.metadata.row_group(group).column(index).statistics
+        if stats is None or not stats.has_min_max or not isinstance(stats.min, datetime):
+            return True
+        low, high = _utc(pd.Timestamp(stats.min)), _utc(pd.Timestamp(stats.max))
+        if (start is None or high >= _utc(start)) and (end is None or low < _utc(end)):
+            return True
+    return False

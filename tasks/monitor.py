@@ -17,7 +17,6 @@ import math
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -203,8 +202,9 @@ def _log_to_mlflow(
         mlflow.log_metrics(metrics, timestamp=int(as_of.timestamp() * 1000))
         mlflow.log_dict(result.to_dict(), "drift/result.json")
         mlflow.log_text(markdown, "drift/summary.md")
-        if report_path is not None and Path(report_path).exists():
-            mlflow.log_artifact(report_path, artifact_path="drift")
+        if report_path is not None:  # read through the store: a report in an object store is attached too
+            name = report_path.rsplit("/", 1)[-1]
+            mlflow.log_text(DataStore(stores.data_uri).read_bytes(report_path).decode("utf-8"), f"drift/{name}")
 
 
 def retrain_window(config: TrainingConfig, as_of: datetime, labelled_until: date | None = None) -> TimeWindow:

@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +51,7 @@ from tasks.registry import (
     TAG_VERSION,
     version_by_alias,
 )
+from tasks.services import redact
 from tasks.stores import Stores
 
 logger = logging.getLogger(__name__)
@@ -105,9 +106,17 @@ def run_lease(stores: Stores, flow_run_id: str, model_name: str) -> Iterator[Non
         repairs = Repairs()
         # Prefect records this run's failure itself; the other services may be the very thing that
         # failed, in which case the record stays and the next start repairs what is left.
-        with suppress(Exception):
+        try:
             reconcile_run(started, stores, repairs, mark_prefect=False)
-        if not repairs.errors and _prefect_answers():
+        except Exception as error:  # the failure being raised matters more; the record stays for the next start
+            repairs.errors.append(f"{type(error).__name__}: {error}")
+        if repairs.errors:
+            logger.warning(
+                "run %s could not repair what it left behind (%s); the next start repairs it",
+                flow_run_id,
+                redact("; ".join(repairs.errors)),
+            )
+        elif _prefect_answers():
             _forget(lock_dir, flow_run_id)
         raise
     lock.release()

@@ -19,6 +19,7 @@ it was looked for (`unavailable`), and the invariants hold: nothing was promoted
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +91,14 @@ def unavailable(error: BaseException, mlflow_uri: str | None = None) -> str | No
             api = os.environ.get("PREFECT_API_URL", "PREFECT_API_URL")
             return f"the Prefect API at {api} is unreachable ({type(cause).__name__}: {text})"
     return None
+
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URI in it replaced by ***: safe to print or log."""
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
 
 
 def _redacted(uri: str) -> str:

@@ -161,6 +161,10 @@ class DataStore:
     def read_bytes(self, path: str) -> bytes:
         return bytes(self.fs.cat_file(path))
 
+    def open(self, path: str) -> Any:
+        """A seekable binary file: readers such as Parquet's footer need only part of an object."""
+        return self.fs.open(path, "rb")
+
     def quarantine(self, path: str, dataset: str, reason: dict[str, Any]) -> str:
         """Move a landed batch to quarantine/ and write its machine-readable reason beside it."""
         target = self._moved_path("quarantine", dataset, path)

@@ -27,7 +27,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.derive import DeriveError, derive_columns
-from tasks.ingest import BatchReadError, LandedBatch, parse_batch
+from tasks.ingest import BatchReadError, LandedBatch, in_window, parse_batch
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
 
@@ -241,10 +241,7 @@ def select_window(
     With `require_target=False` (scoring) the row-key columns are kept too, for joining the
     delayed labels, and the target only if the frame has it: timestamp, keys, features, target.
     """
-    stamp = frame[config.timestamp]
-    inside = pd.Series(True, index=frame.index)
-    if window is not None:
-        inside = (stamp >= pd.Timestamp(window.start, tz="UTC")) & (stamp < pd.Timestamp(window.end, tz="UTC"))
+    inside = pd.Series(True, index=frame.index) if window is None else in_window(frame[config.timestamp], window)
     if require_target:
         keep = [config.timestamp, *config.features.all, config.target]
     else:

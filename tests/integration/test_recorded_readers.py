@@ -21,7 +21,7 @@ from tasks.registry import VersionRef
 from tasks.replay import decision_of
 from tasks.settings import TrainingConfig
 from tests.candidates import logged_candidate, registry_of_its_own
-from tests.unit.conftest import config_dict
+from tests.unit.conftest import config_dict, synthetic_frame
 
 NAME = "readers-model"
 
@@ -81,3 +81,50 @@ def test_load_reference_returns_the_logged_sample_and_the_holdout_metric(client,
 
     pd.testing.assert_frame_equal(reference.frame, sample)
     assert (reference.model_version, reference.run_id, reference.holdout_value) == ("4", run.info.run_id, 0.71)
+
+
+def test_a_drift_report_in_an_object_store_is_attached_to_its_monitoring_run(
+    client, config, tmp_path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The data store is fsspec's in-memory filesystem: no local path exists for the report."""
+    from datetime import UTC, datetime
+
+    from tasks.drift import DriftDecision, drift_report, save_report_html
+    from tasks.monitor import Reference, _log_to_mlflow
+    from tasks.settings import TimeWindow
+    from tasks.stores import DataStore, Stores
+
+    uri = mlflow.get_tracking_uri()
+    stores = Stores.from_env(
+        {
+            "DRIFTLOOP_HOME": str(tmp_path),
+            "DRIFTLOOP_DATA_URI": "memory://driftloop-report-test",
+            "DRIFTLOOP_MLFLOW_TRACKING_URI": uri,
+        }
+    )
+
+    frame = synthetic_frame("binary", rows=300)
+    result, snapshot = drift_report(frame, frame, config)  # a real Evidently snapshot
+    report_path = save_report_html(snapshot, DataStore(stores.data_uri), config.name, "drift-test")
+    assert not Path(report_path).exists()  # nothing on the local disk to attach by path
+    reference = Reference(frame=pd.DataFrame(), model_version="1", run_id="r", holdout_value=0.7)
+    decision = DriftDecision("no_drift", retrain=False, reasons=[])
+    window = TimeWindow(start="2024-01-01", end="2024-01-08")
+
+    _log_to_mlflow(
+        stores,
+        config,
+        reference,
+        result,
+        decision,
+        window,
+        datetime(2024, 1, 8, tzinfo=UTC),
+        "# s",
+        report_path,
+    )
+
+    experiment = client.get_experiment_by_name(f"{config.model_name}-monitoring")
+    (run,) = client.search_runs([experiment.experiment_id])
+    attached = Path(client.download_artifacts(run.info.run_id, "drift/drift-test.html", str(tmp_path)))
+    assert attached.read_bytes() == DataStore(stores.data_uri).read_bytes(report_path)
+    assert attached.read_text().lstrip().lower().startswith("<!doctype html")

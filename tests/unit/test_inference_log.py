@@ -219,6 +219,28 @@ def test_read_returns_the_half_open_window_sorted(log, scored_frame):
     assert log.read(start=pd.Timestamp("2014-01-01", tz="UTC")).empty
 
 
+def test_a_window_reads_only_the_partitions_that_may_hold_its_rows(log, store, scored_frame):
+    """Pruned by each partition's Parquet statistics (its footer): the other day's file is not read whole."""
+    import pyarrow.parquet as pq
+
+    from tasks.inference_log import may_hold
+
+    first, second = day(scored_frame, date(2013, 1, 1)), day(scored_frame, date(2013, 1, 2))
+    first_path, second_path = append(log, first, "day-1"), append(log, second, "day-2")
+    boundary = pd.Timestamp("2013-01-02", tz="UTC")
+    with store.open(first_path) as handle:
+        parquet = pq.ParquetFile(handle)
+        assert not may_hold(parquet, "time_hour", boundary, None)
+        assert may_hold(parquet, "time_hour", None, boundary)
+        assert may_hold(parquet, "time_hour", boundary - pd.Timedelta(hours=1), boundary)  # its last hour
+        assert not may_hold(parquet, "time_hour", None, first["time_hour"].min())  # end is exclusive
+        assert may_hold(parquet, "no_such_column", boundary, None)  # cannot tell: read it
+
+    assert len(log.read(start=boundary)) == len(second)  # day 1 skipped, day 2 read whole
+    assert len(log.read(end=boundary)) == len(first)
+    assert second_path in store.find("inference", "flights")
+
+
 def test_labels_recorded_later_are_joined_on_read(log, scored_frame, flights_raw, flights_config):
     append(log, scored_frame, "scored")
     truth = flights_raw[[*KEY, "late"]]

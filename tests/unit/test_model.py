@@ -172,3 +172,31 @@ def test_multiclass_log_loss_is_nan_for_a_class_the_model_never_saw() -> None:
     metrics = compute_metrics("multiclass", np.array(["a", "b", "new"]), scores, ["a", "b"])
     assert math.isnan(metrics["log_loss"])
     assert metrics["accuracy"] == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_the_loaders_trusted_types_are_exactly_what_a_fitted_pipeline_holds(make_config, make_frame, task) -> None:  # type: ignore[no-untyped-def]
+    """The list may neither lag behind the pipeline (models would not load) nor grow past it."""
+    import skops.io
+
+    from tasks.artifacts import SKOPS_TRUSTED_TYPES
+
+    config = make_config(task)
+    pipeline = build_pipeline(config, {"max_iter": 5}).fit(*features_and_target(config, make_frame(task)))
+
+    assert sorted(skops.io.get_untrusted_types(data=skops.io.dumps(pipeline))) == sorted(SKOPS_TRUSTED_TYPES)
+
+
+def test_a_partial_around_anything_else_is_still_untrusted() -> None:
+    import functools
+    import os
+
+    import skops.io
+    from sklearn.preprocessing import FunctionTransformer
+
+    from tasks.artifacts import SKOPS_TRUSTED_TYPES
+
+    hostile = FunctionTransformer(func=functools.partial(os.getcwd))
+    untrusted = set(skops.io.get_untrusted_types(data=skops.io.dumps(hostile))) - set(SKOPS_TRUSTED_TYPES)
+
+    assert untrusted == {f"{os.getcwd.__module__}.getcwd"}
