@@ -1,4 +1,4 @@
-"""The `driftloop` command (installed by the package) and what every `python -m flows.<name>` shares.
+"""The `driftloop` command (installed by the package).
 
 `driftloop` is for what people do by hand; each subcommand reads or changes the stores directly,
 so it works when the Prefect server is down (it still publishes to a configured server):
@@ -26,34 +26,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tasks.settings import ConfigError, TrainingConfig, load_config
+from flows.entry import (
+    DEFAULT_CONFIG,
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_STOPPED,
+    EXIT_UNAVAILABLE,
+    load_or_report,
+)
+from tasks.settings import TrainingConfig
 
 if TYPE_CHECKING:  # imported where used, so `driftloop --help` does not load MLflow
     from mlflow import MlflowClient
 
     from tasks.registry import VersionRef
     from tasks.stores import Stores
-
-DEFAULT_CONFIG = "configs/flights.yaml"
-EXIT_OK = 0
-EXIT_STOPPED = 1  # the run or command refused: bad data, the gate, nothing to work with
-EXIT_BAD_INPUT = 2  # a config, argument, file or version that cannot be used
-EXIT_UNAVAILABLE = 3  # a service (MLflow, Prefect) stayed unreachable after bounded retries
-
-
-def parser_with_config(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="dataset config (YAML)")
-    return parser
-
-
-def load_or_report(path: str) -> TrainingConfig | None:
-    """The config, or None after printing every problem with it (file and key) to stderr."""
-    try:
-        return load_config(path)
-    except ConfigError as error:
-        print(error, file=sys.stderr)
-        return None
 
 
 class CommandFailed(Exception):

@@ -12,8 +12,8 @@ from datetime import UTC, date, datetime
 
 from prefect import flow, get_run_logger
 
-from flows.cli import EXIT_BAD_INPUT, load_or_report, parser_with_config
-from tasks.drift import DriftDecision
+from flows.entry import EXIT_BAD_INPUT, load_or_report, parser_with_config
+from tasks.drift_policy import DriftDecision
 from tasks.monitor import MonitoringOutcome, check_bounds, check_drift, load_reference, raise_alert, recent_window
 from tasks.recovery import flow_run_lease
 from tasks.registry import connect, find_champion

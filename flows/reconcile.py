@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
+from flows.entry import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
 from tasks.recovery import reconcile
 from tasks.registry import configure_mlflow
 from tasks.stores import Stores

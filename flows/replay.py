@@ -21,7 +21,7 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
+from flows.entry import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
 from flows.local_stack import local_stack
 from flows.monitoring import monitoring
 from flows.scoring import scoring

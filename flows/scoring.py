@@ -9,7 +9,7 @@ import sys
 
 from prefect import flow, get_run_logger
 
-from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
+from flows.entry import EXIT_BAD_INPUT, EXIT_STOPPED, load_or_report, parser_with_config
 from tasks.ingest import ingest, land_labels
 from tasks.registry import connect, find_champion
 from tasks.score import ScoringResult, record_labels, score, scoring_batch_id

@@ -10,7 +10,7 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from pydantic import ValidationError
 
-from flows.cli import EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_UNAVAILABLE, load_or_report, parser_with_config
+from flows.entry import EXIT_BAD_INPUT, EXIT_STOPPED, EXIT_UNAVAILABLE, load_or_report, parser_with_config
 from tasks.evaluate import evaluate, rejudge_against
 from tasks.explain import explain
 from tasks.gate import gate

@@ -1,14 +1,10 @@
-"""Drift monitoring: measure (Evidently), decide (pure policy), and remember alerts (DataStore).
+"""Drift measured: a reference and a current frame in, a `DriftResult` of effect sizes out (Evidently).
 
-Three layers, kept apart so the policy can be tested without data and the data without a policy:
-
-- `drift_report` and `performance_check` turn a reference and a current frame into a `DriftResult`
-  of effect sizes. Evidently is imported lazily: it costs seconds, and most importers of this
-  module (the policy, the flows' argument parsing) never need it.
-- `decide_drift` is pure: a `DriftResult`, the `MonitoringConfig` policy, the time of the last
-  alert and "now" in, a `DriftDecision` out.
-- `record_alert` / `last_alert_at` keep the alert history for the cool-down as one small JSON file
-  per alert, so an object store (no appends, no locks) is enough.
+One of four modules of monitoring, each with one role: this one measures; tasks/drift_policy.py
+decides (pure: a result, the policy, the last alert and "now" in, a decision out);
+tasks/drift_summary.py presents (the markdown summary, the HTML report in the store);
+tasks/alerts.py remembers the alerts the cool-down reads. Evidently is imported lazily: it costs
+seconds, and most importers (the policy, the flows' argument parsing) never need it.
 
 Conventions, chosen once and used everywhere:
 
@@ -25,22 +21,16 @@ Conventions, chosen once and used everywhere:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
-import tempfile
-import uuid
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from tasks.settings import METRIC_DIRECTIONS, MonitoringConfig, TrainingConfig
-from tasks.stores import DataStore
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +39,6 @@ log = logging.getLogger(__name__)
 NUMERIC_METHOD = "wasserstein"  # Wasserstein distance normed by the reference std
 CATEGORICAL_METHOD = "jensenshannon"  # Jensen-Shannon distance, in [0, 1]
 ALL_NULL_METHOD = "all_null"  # decided here, not by Evidently (see the module docstring)
-
-DriftStatus = Literal["drift", "no_drift", "insufficient_data", "cooldown"]
-
 
 # --------------------------------------------------------------------------- results
 
@@ -98,11 +85,11 @@ class DriftResult:
 
     def drifted_columns(self) -> list[ColumnDrift]:
         """Drifted features, largest score first (a non-finite score counts as drifted)."""
-        return sorted((c for c in self.columns if is_drifted(c)), key=_score_key, reverse=True)
+        return sorted((c for c in self.columns if is_drifted(c)), key=score_key, reverse=True)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only: non-finite floats become None, since strict JSON has no NaN."""
-        return _json_safe(asdict(self))
+        return json_safe(asdict(self))
 
     def metrics(self) -> dict[str, float]:
         """Flat numbers for `mlflow.log_metrics`; NaN stays NaN (MLflow stores it) so gaps stay visible."""
@@ -122,15 +109,6 @@ class DriftResult:
             out["performance_reference"] = float(self.performance.reference_value)
             out["labelled_rows"] = float(self.performance.labelled_rows)
         return out
-
-
-@dataclass(frozen=True)
-class DriftDecision:
-    """What the policy concluded, whether to retrain, and every reason in words."""
-
-    status: DriftStatus
-    retrain: bool
-    reasons: list[str]
 
 
 # --------------------------------------------------------------------------- small pure helpers
@@ -153,25 +131,18 @@ def metric_key(column: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", column)
 
 
-def _score_key(column: ColumnDrift) -> float:
+def score_key(column: ColumnDrift) -> float:
     return column.score if math.isfinite(column.score) else math.inf
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
-
-
-def _require_aware(moment: datetime, name: str) -> datetime:
-    """Naive datetimes are refused: a local `now()` read as UTC would shift the cool-down by hours."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{name} must be timezone-aware, got naive {moment.isoformat()}")
-    return moment
 
 
 # --------------------------------------------------------------------------- measuring: features
@@ -383,178 +354,3 @@ def gate_metric(config: TrainingConfig, y_true: pd.Series, predicted: pd.Series)
         return float(compute_metrics("binary", y_binary, predicted.astype(float).to_numpy())[metric])
     y_float = y_true.astype(float).to_numpy()
     return float(compute_metrics("regression", y_float, predicted.astype(float).to_numpy())[metric])
-
-
-# --------------------------------------------------------------------------- deciding (pure)
-
-
-def decide_drift(
-    result: DriftResult,
-    policy: MonitoringConfig,
-    last_alert_at: datetime | None,
-    as_of: datetime,
-) -> DriftDecision:
-    """The drift policy, pure. Every triggered signal is reported, not just the first.
-
-    1. Fewer than `min_rows` current rows: insufficient data, whatever the scores say.
-    2. Signals: share of drifted features >= `drifted_share`; prediction score >= `prediction_threshold`;
-       performance drop > `max_performance_drop` (strictly: a drop equal to the allowance is allowed).
-       The share is recounted from the columns with `is_drifted`, so a NaN score counts as drifted.
-    3. No signal: no drift. Signals, but an alert less than `cooldown_hours` before `as_of`: cool-down
-       (no retrain; the window is half-open, so at exactly its end a new alert goes through). An alert
-       stamped after `as_of` (a backfilled check) also blocks. Otherwise: drift, retrain.
-    """
-    _require_aware(as_of, "as_of")
-    if last_alert_at is not None:
-        _require_aware(last_alert_at, "last_alert_at")
-    if result.rows_current < policy.min_rows:
-        return DriftDecision(
-            "insufficient_data",
-            retrain=False,
-            reasons=[f"insufficient data: {result.rows_current} current rows, at least {policy.min_rows} needed"],
-        )
-    signals, notes = _signals(result, policy)
-    if not signals:
-        return DriftDecision("no_drift", retrain=False, reasons=notes)
-    if last_alert_at is not None and policy.cooldown_hours > 0:
-        ends = last_alert_at + timedelta(hours=policy.cooldown_hours)
-        if as_of < ends:
-            cooldown = f"cool-down: last alert at {last_alert_at.isoformat()}, no retraining before {ends.isoformat()}"
-            return DriftDecision("cooldown", retrain=False, reasons=[*signals, cooldown])
-    return DriftDecision("drift", retrain=True, reasons=signals)
-
-
-def _signals(result: DriftResult, policy: MonitoringConfig) -> tuple[list[str], list[str]]:
-    """(triggered signals, notes on the signals that did not trigger), both as sentences."""
-    signals: list[str] = []
-    notes: list[str] = []
-
-    drifted = result.drifted_columns()
-    share = drifted_share(result.columns) if result.columns else result.drifted_share
-    share_text = f"{len(drifted)}/{len(result.columns)} features drifted (share {share:.2f})"
-    if not math.isfinite(share) or share >= policy.drifted_share:
-        names = ", ".join(f"{c.column} {c.score:.3f}" for c in drifted) or "no feature could be scored"
-        signals.append(f"feature drift: {share_text} >= {policy.drifted_share:.2f}: {names}")
-    else:
-        notes.append(f"features: {share_text} < {policy.drifted_share:.2f}")
-
-    if (pred := result.prediction) is not None:
-        if not math.isfinite(pred.score) or pred.score >= policy.prediction_threshold:
-            signals.append(f"prediction drift: {pred.method} {pred.score:.3f} >= {policy.prediction_threshold:.3f}")
-        else:
-            notes.append(f"prediction: {pred.method} {pred.score:.3f} < {policy.prediction_threshold:.3f}")
-    else:
-        notes.append("prediction: not measured")
-
-    if (perf := result.performance) is not None:
-        measured = f"{perf.metric} {perf.current_value:.4f} vs {perf.reference_value:.4f} at training"
-        if not math.isfinite(perf.drop):
-            notes.append(f"performance: not measurable ({measured}, {perf.labelled_rows} labelled rows)")
-        elif perf.drop > policy.max_performance_drop:
-            signals.append(
-                f"performance drop: {measured}, worse by {perf.drop:.4f} > {policy.max_performance_drop:.4f} "
-                f"({perf.labelled_rows} labelled rows)"
-            )
-        else:
-            notes.append(f"performance: {measured}, drop {perf.drop:.4f} <= {policy.max_performance_drop:.4f}")
-    else:
-        notes.append("performance: not enough labelled rows yet")
-    return signals, notes
-
-
-# --------------------------------------------------------------------------- presenting
-
-
-_HEADLINE: dict[DriftStatus, str] = {
-    "drift": "DRIFT: retraining triggered",
-    "no_drift": "No drift",
-    "insufficient_data": "Insufficient data: no conclusion",
-    "cooldown": "Drift, inside the cool-down: no retraining",
-}
-
-
-def summary_markdown(
-    result: DriftResult, decision: DriftDecision, report_uri: str | None, title: str, top: int = 10
-) -> str:
-    """A short markdown summary for a Prefect artifact: decision, reasons, top columns, links."""
-    lines = [f"# {title}", "", f"**{_HEADLINE[decision.status]}**", ""]
-    lines += [f"- {_md(reason)}" for reason in decision.reasons]
-    lines += ["", f"Rows: {result.rows_current} current, {result.rows_reference} reference.", ""]
-    if result.columns:
-        ranked = sorted(result.columns, key=_score_key, reverse=True)[:top]
-        lines += [
-            f"Drifted features: {len(result.drifted_columns())}/{len(result.columns)} "
-            f"(share {result.drifted_share:.2f}). Top scores:",
-            "",
-            "| column | method | score | threshold | drifted |",
-            "| --- | --- | ---: | ---: | --- |",
-        ]
-        lines += [
-            f"| {_md(c.column)} | {c.method} | {c.score:.4f} | {c.threshold:.2f} | {'yes' if is_drifted(c) else 'no'} |"
-            for c in ranked
-        ]
-        lines.append("")
-    if (pred := result.prediction) is not None:
-        flag = "drifted" if is_drifted(pred) else "stable"
-        lines.append(f"Prediction drift: {pred.method} {pred.score:.4f} (threshold {pred.threshold:.2f}, {flag}).")
-    else:
-        lines.append("Prediction drift: not measured.")
-    if (perf := result.performance) is not None:
-        lines.append(
-            f"Performance: {perf.metric} {perf.current_value:.4f} on {perf.labelled_rows} labelled rows, "
-            f"{perf.reference_value:.4f} at training (drop {perf.drop:+.4f}, positive = worse)."
-        )
-    else:
-        lines.append("Performance: not enough labelled rows yet.")
-    lines += ["", f"Report: [{report_uri}]({report_uri})" if report_uri else "Report: none (Evidently not run)."]
-    return "\n".join(lines) + "\n"
-
-
-def _md(text: str) -> str:
-    """Table cells must not contain a bare pipe."""
-    return text.replace("|", "\\|")
-
-
-# --------------------------------------------------------------------------- storing
-
-
-def save_report_html(snapshot: Any, store: DataStore, dataset: str, name: str) -> str:
-    """Evidently writes to a local path only: render to a temp file, then put the bytes in the store."""
-    with tempfile.TemporaryDirectory(prefix="driftloop-report-") as folder:
-        path = Path(folder) / "report.html"
-        snapshot.save_html(str(path))
-        data = path.read_bytes()
-    return store.put("reports", dataset, f"{name}.html", data)
-
-
-def record_alert(store: DataStore, dataset: str, model_name: str, as_of: datetime, payload: dict[str, Any]) -> str:
-    """One JSON object per alert (no appends: object stores have none); returns its path.
-
-    The name starts with the UTC time so a listing reads in order, and ends with a short random
-    suffix so two alerts in the same second never overwrite each other.
-    """
-    stamp = _require_aware(as_of, "as_of").astimezone(UTC)
-    name = f"alerts/{model_name}/{stamp:%Y%m%dT%H%M%S%z}-{uuid.uuid4().hex[:8]}.json"
-    body = {"as_of": stamp.isoformat(), "dataset": dataset, "model_name": model_name, "payload": payload}
-    return store.put("monitoring", dataset, name, json.dumps(_json_safe(body), indent=2, default=str).encode())
-
-
-def last_alert_at(store: DataStore, dataset: str, model_name: str) -> datetime | None:
-    """The latest `as_of` recorded inside the alert files (names can lie; contents are the record).
-
-    An unreadable file is skipped with a warning rather than blocking every later check.
-    """
-    folder = f"/alerts/{model_name}/"
-    latest: datetime | None = None
-    for path in store.find("monitoring", dataset, ".json"):
-        if folder not in path or "/" in path.split(folder, 1)[1]:
-            continue  # another model's alerts, or something else kept under monitoring/
-        try:
-            moment = datetime.fromisoformat(json.loads(store.read_bytes(path))["as_of"])
-            _require_aware(moment, "as_of")
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("skipping unreadable alert record %s: %s", path, exc)
-            continue
-        if latest is None or moment > latest:
-            latest = moment
-    return latest

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.artifacts import UntrustedModelError, load_logged, load_version
 from tasks.fairness import fairness_report
-from tasks.gate import GateReport, MetricReport, SliceMetrics, decide_evaluation
+from tasks.gate import Evaluation, GateReport, MetricReport, SliceMetrics, decide_evaluation
 from tasks.ingest import parse_batch
 from tasks.model import compute_metrics, features_and_target, model_classes, predict_scores
 from tasks.registry import VersionRef, get_version
@@ -30,16 +30,6 @@ from tasks.split import Splits, time_split
 from tasks.stores import DataStore, Stores, sha256_bytes
 from tasks.train import Candidate
 from tasks.validate import check_frame, select_window
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    holdout_rows: int  # the rows both models were scored on
-    challenger: MetricReport
-    champion: MetricReport | None
-    champion_version: str | None
-    champion_error: str | None
-    compared_on: str = "the challenger's holdout"
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,7 @@ from tasks.fairness import FairnessReport
 from tasks.notify import artifact_key
 from tasks.settings import GateConfig, TrainingConfig
 
-if TYPE_CHECKING:  # the stage's inputs; imported lazily to keep this module free of cycles
-    from tasks.evaluate import Evaluation
+if TYPE_CHECKING:  # the stage's input; imported lazily to keep this module free of cycles
     from tasks.train import Candidate
 
 SliceMetrics = dict[str, dict[str, float]]  # "origin=EWR" -> {"rows": n, "<metric>": value}
@@ -42,6 +41,18 @@ class MetricReport:
     overall: dict[str, float]
     slices: SliceMetrics = field(default_factory=dict)
     fairness: FairnessReport | None = None  # None: the config names no sensitive attribute
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the gate decides on: both models scored on the same rows (tasks/evaluate.py makes it)."""
+
+    holdout_rows: int  # the rows both models were scored on
+    challenger: MetricReport
+    champion: MetricReport | None
+    champion_version: str | None
+    champion_error: str | None
+    compared_on: str = "the challenger's holdout"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Monitor: has production data drifted from what the champion was trained on? (tasks/drift.py)
+"""Monitor: has production data drifted from what the champion was trained on?
 
 This is the Prefect stage around the drift module: it loads the data, decides with reasons,
 and publishes the report, the summary and the numbers.
@@ -25,17 +25,10 @@ from prefect import get_run_logger, runtime, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.drift import (
-    DriftDecision,
-    DriftResult,
-    decide_drift,
-    drift_report,
-    last_alert_at,
-    performance_check,
-    record_alert,
-    save_report_html,
-    summary_markdown,
-)
+from tasks.alerts import last_alert_at, record_alert
+from tasks.drift import DriftResult, drift_report, performance_check
+from tasks.drift_policy import DriftDecision, decide_drift
+from tasks.drift_summary import save_report_html, summary_markdown
 from tasks.inference_log import CONFIDENCE, MODEL_VERSION, PREDICTION, InferenceLog
 from tasks.notify import artifact_key, emit_drift_event, notify_people
 from tasks.registry import TAG_FLOW_RUN, VersionRef, ensure_experiment

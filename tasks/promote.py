@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
-from filelock import FileLock
 from mlflow import MlflowClient
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -42,10 +41,11 @@ from tasks.audit import (
 from tasks.card import publish_card
 from tasks.faults import AFTER_REGISTER, failpoint
 from tasks.gate import GateReport
-from tasks.recovery import PROMOTING
+from tasks.locks import promotion_lock
 from tasks.registry import (
     CHAMPION,
     PREVIOUS,
+    PROMOTING,
     TAG_COMPARED_WITH,
     TAG_DECIDED_AT,
     TAG_DECISION,
@@ -61,8 +61,6 @@ from tasks.registry import (
 from tasks.stores import Stores
 from tasks.train import Candidate
 
-LOCK_TIMEOUT_SECONDS = 300
-
 
 @dataclass(frozen=True)
 class Decision:
@@ -77,12 +75,6 @@ class Decision:
 
 class RollbackError(RuntimeError):
     """There is nothing to roll back to."""
-
-
-def promotion_lock(lock_dir: Path, model_name: str) -> FileLock:
-    """A cross-process lock per registered model (a shared folder for several hosts)."""
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(lock_dir / f"promote-{model_name}.lock"), timeout=LOCK_TIMEOUT_SECONDS)
 
 
 def _record(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> None:

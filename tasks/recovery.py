@@ -39,9 +39,12 @@ from mlflow.entities import RunStatus
 from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.audit import AuditLog
+from tasks.locks import promotion_lock
 from tasks.registry import (
     CHAMPION,
     PREVIOUS,
+    PROMOTING,
     TAG_COMPARED_WITH,
     TAG_DECIDED_AT,
     TAG_DECISION,
@@ -57,7 +60,6 @@ from tasks.stores import Stores
 logger = logging.getLogger(__name__)
 
 LEASE_FOLDER = "runs"
-PROMOTING = "promoting"  # registered, aliases not yet moved: never left like this after recovery
 ABANDONED = "abandoned"  # the run died before its candidate reached a decision
 
 
@@ -228,9 +230,6 @@ def finish_promotion(
     The decision goes into the promotion history under the id the interrupted run would have
     used, so it is there exactly once whether or not that run got as far as writing it.
     """
-    from tasks.audit import AuditLog  # audit needs nothing from here; kept local like promote
-    from tasks.promote import promotion_lock  # promote imports this module
-
     tags = client.get_model_version(name, version).tags
     if tags.get(TAG_DECISION) != PROMOTING:
         return None

@@ -21,7 +21,8 @@ from prefect.settings import PREFECT_API_URL
 from flows.monitoring import monitoring
 from flows.scoring import scoring
 from flows.training import training
-from tasks.drift import DriftDecision, last_alert_at
+from tasks.alerts import last_alert_at
+from tasks.drift_policy import DriftDecision
 from tasks.inference_log import PREDICTION, InferenceLog
 from tasks.monitor import MonitoringOutcome, raise_alert
 from tasks.notify import DRIFT_EVENT

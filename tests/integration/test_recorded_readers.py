@@ -89,7 +89,9 @@ def test_a_drift_report_in_an_object_store_is_attached_to_its_monitoring_run(
     """The data store is fsspec's in-memory filesystem: no local path exists for the report."""
     from datetime import UTC, datetime
 
-    from tasks.drift import DriftDecision, drift_report, save_report_html
+    from tasks.drift import drift_report
+    from tasks.drift_policy import DriftDecision
+    from tasks.drift_summary import save_report_html
     from tasks.monitor import Reference, _log_to_mlflow
     from tasks.settings import TimeWindow
     from tasks.stores import DataStore, Stores

@@ -15,15 +15,10 @@ from scipy import stats
 from sklearn.metrics import f1_score, roc_auc_score
 
 from tasks import drift
-from tasks.drift import (
-    ALL_NULL_METHOD,
-    decide_drift,
-    drift_report,
-    last_alert_at,
-    performance_check,
-    record_alert,
-    save_report_html,
-)
+from tasks.alerts import last_alert_at, record_alert
+from tasks.drift import ALL_NULL_METHOD, drift_report, performance_check
+from tasks.drift_policy import decide_drift
+from tasks.drift_summary import save_report_html
 from tasks.settings import TrainingConfig
 from tasks.stores import DataStore
 

@@ -1,0 +1,106 @@
+"""The drift policy, pure: a `DriftResult`, the `MonitoringConfig`, the last alert and "now" in, a decision out.
+
+Tested without data (tests/unit/test_drift_policy.py); the measurements are tasks/drift.py's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from tasks.drift import DriftResult, drifted_share
+from tasks.settings import MonitoringConfig
+
+DriftStatus = Literal["drift", "no_drift", "insufficient_data", "cooldown"]
+
+
+@dataclass(frozen=True)
+class DriftDecision:
+    """What the policy concluded, whether to retrain, and every reason in words."""
+
+    status: DriftStatus
+    retrain: bool
+    reasons: list[str]
+
+
+def require_aware(moment: datetime, name: str) -> datetime:
+    """Naive datetimes are refused: a local `now()` read as UTC would shift the cool-down by hours."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware, got naive {moment.isoformat()}")
+    return moment
+
+
+def decide_drift(
+    result: DriftResult,
+    policy: MonitoringConfig,
+    last_alert_at: datetime | None,
+    as_of: datetime,
+) -> DriftDecision:
+    """The drift policy, pure. Every triggered signal is reported, not just the first.
+
+    1. Fewer than `min_rows` current rows: insufficient data, whatever the scores say.
+    2. Signals: share of drifted features >= `drifted_share`; prediction score >= `prediction_threshold`;
+       performance drop > `max_performance_drop` (strictly: a drop equal to the allowance is allowed).
+       The share is recounted from the columns with `is_drifted`, so a NaN score counts as drifted.
+    3. No signal: no drift. Signals, but an alert less than `cooldown_hours` before `as_of`: cool-down
+       (no retrain; the window is half-open, so at exactly its end a new alert goes through). An alert
+       stamped after `as_of` (a backfilled check) also blocks. Otherwise: drift, retrain.
+    """
+    require_aware(as_of, "as_of")
+    if last_alert_at is not None:
+        require_aware(last_alert_at, "last_alert_at")
+    if result.rows_current < policy.min_rows:
+        return DriftDecision(
+            "insufficient_data",
+            retrain=False,
+            reasons=[f"insufficient data: {result.rows_current} current rows, at least {policy.min_rows} needed"],
+        )
+    signals, notes = _signals(result, policy)
+    if not signals:
+        return DriftDecision("no_drift", retrain=False, reasons=notes)
+    if last_alert_at is not None and policy.cooldown_hours > 0:
+        ends = last_alert_at + timedelta(hours=policy.cooldown_hours)
+        if as_of < ends:
+            cooldown = f"cool-down: last alert at {last_alert_at.isoformat()}, no retraining before {ends.isoformat()}"
+            return DriftDecision("cooldown", retrain=False, reasons=[*signals, cooldown])
+    return DriftDecision("drift", retrain=True, reasons=signals)
+
+
+def _signals(result: DriftResult, policy: MonitoringConfig) -> tuple[list[str], list[str]]:
+    """(triggered signals, notes on the signals that did not trigger), both as sentences."""
+    signals: list[str] = []
+    notes: list[str] = []
+
+    drifted = result.drifted_columns()
+    share = drifted_share(result.columns) if result.columns else result.drifted_share
+    share_text = f"{len(drifted)}/{len(result.columns)} features drifted (share {share:.2f})"
+    if not math.isfinite(share) or share >= policy.drifted_share:
+        names = ", ".join(f"{c.column} {c.score:.3f}" for c in drifted) or "no feature could be scored"
+        signals.append(f"feature drift: {share_text} >= {policy.drifted_share:.2f}: {names}")
+    else:
+        notes.append(f"features: {share_text} < {policy.drifted_share:.2f}")
+
+    if (pred := result.prediction) is not None:
+        if not math.isfinite(pred.score) or pred.score >= policy.prediction_threshold:
+            signals.append(f"prediction drift: {pred.method} {pred.score:.3f} >= {policy.prediction_threshold:.3f}")
+        else:
+            notes.append(f"prediction: {pred.method} {pred.score:.3f} < {policy.prediction_threshold:.3f}")
+    else:
+        notes.append("prediction: not measured")
+
+    if (perf := result.performance) is not None:
+        measured = f"{perf.metric} {perf.current_value:.4f} vs {perf.reference_value:.4f} at training"
+        if not math.isfinite(perf.drop):
+            notes.append(f"performance: not measurable ({measured}, {perf.labelled_rows} labelled rows)")
+        elif perf.drop > policy.max_performance_drop:
+            signals.append(
+                f"performance drop: {measured}, worse by {perf.drop:.4f} > {policy.max_performance_drop:.4f} "
+                f"({perf.labelled_rows} labelled rows)"
+            )
+        else:
+            notes.append(f"performance: {measured}, drop {perf.drop:.4f} <= {policy.max_performance_drop:.4f}")
+    else:
+        notes.append("performance: not enough labelled rows yet")
+    return signals, notes

@@ -1,0 +1,69 @@
+"""A drift check presented: the markdown summary for the Prefect UI, the Evidently HTML report in the store."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tasks.drift import DriftResult, is_drifted, score_key
+from tasks.drift_policy import DriftDecision, DriftStatus
+from tasks.stores import DataStore
+
+_HEADLINE: dict[DriftStatus, str] = {
+    "drift": "DRIFT: retraining triggered",
+    "no_drift": "No drift",
+    "insufficient_data": "Insufficient data: no conclusion",
+    "cooldown": "Drift, inside the cool-down: no retraining",
+}
+
+
+def summary_markdown(
+    result: DriftResult, decision: DriftDecision, report_uri: str | None, title: str, top: int = 10
+) -> str:
+    """A short markdown summary for a Prefect artifact: decision, reasons, top columns, links."""
+    lines = [f"# {title}", "", f"**{_HEADLINE[decision.status]}**", ""]
+    lines += [f"- {_md(reason)}" for reason in decision.reasons]
+    lines += ["", f"Rows: {result.rows_current} current, {result.rows_reference} reference.", ""]
+    if result.columns:
+        ranked = sorted(result.columns, key=score_key, reverse=True)[:top]
+        lines += [
+            f"Drifted features: {len(result.drifted_columns())}/{len(result.columns)} "
+            f"(share {result.drifted_share:.2f}). Top scores:",
+            "",
+            "| column | method | score | threshold | drifted |",
+            "| --- | --- | ---: | ---: | --- |",
+        ]
+        lines += [
+            f"| {_md(c.column)} | {c.method} | {c.score:.4f} | {c.threshold:.2f} | {'yes' if is_drifted(c) else 'no'} |"
+            for c in ranked
+        ]
+        lines.append("")
+    if (pred := result.prediction) is not None:
+        flag = "drifted" if is_drifted(pred) else "stable"
+        lines.append(f"Prediction drift: {pred.method} {pred.score:.4f} (threshold {pred.threshold:.2f}, {flag}).")
+    else:
+        lines.append("Prediction drift: not measured.")
+    if (perf := result.performance) is not None:
+        lines.append(
+            f"Performance: {perf.metric} {perf.current_value:.4f} on {perf.labelled_rows} labelled rows, "
+            f"{perf.reference_value:.4f} at training (drop {perf.drop:+.4f}, positive = worse)."
+        )
+    else:
+        lines.append("Performance: not enough labelled rows yet.")
+    lines += ["", f"Report: [{report_uri}]({report_uri})" if report_uri else "Report: none (Evidently not run)."]
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    """Table cells must not contain a bare pipe."""
+    return text.replace("|", "\\|")
+
+
+def save_report_html(snapshot: Any, store: DataStore, dataset: str, name: str) -> str:
+    """Evidently writes to a local path only: render to a temp file, then put the bytes in the store."""
+    with tempfile.TemporaryDirectory(prefix="driftloop-report-") as folder:
+        path = Path(folder) / "report.html"
+        snapshot.save_html(str(path))
+        data = path.read_bytes()
+    return store.put("reports", dataset, f"{name}.html", data)
