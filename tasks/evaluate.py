@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -23,12 +24,13 @@ from tasks.artifacts import UntrustedModelError, load_logged, load_version
 from tasks.fairness import fairness_report
 from tasks.gate import Evaluation, GateReport, MetricReport, SliceMetrics, decide_evaluation
 from tasks.ingest import parse_batch
-from tasks.model import compute_metrics, features_and_target, model_classes, predict_scores
+from tasks.model import compute_metrics, features_and_target, metric_value, model_classes, predict_scores
 from tasks.registry import VersionRef, get_version
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.split import Splits, time_split
 from tasks.stores import DataStore, Stores, sha256_bytes
 from tasks.train import Candidate
+from tasks.uncertainty import GainInterval, paired_gain_interval
 from tasks.validate import check_frame, select_window
 
 
@@ -106,9 +108,12 @@ def slice_metrics(config: TrainingConfig, frame: pd.DataFrame, scores: Any, clas
     return result
 
 
-def score_report(config: TrainingConfig, model: Any, holdout: pd.DataFrame) -> MetricReport:
+def score_report(
+    config: TrainingConfig, model: Any, holdout: pd.DataFrame, scores: np.ndarray | None = None
+) -> MetricReport:
+    """A model's metrics on `holdout`, overall, per slice and for fairness (`scores`: already predicted)."""
     features, target = features_and_target(config, holdout)
-    scores = predict_scores(model, features, config.task)
+    scores = predict_scores(model, features, config.task) if scores is None else scores
     classes = model_classes(model)
     fairness = None
     if (sensitive := config.fairness.sensitive) is not None:
@@ -120,9 +125,44 @@ def score_report(config: TrainingConfig, model: Any, holdout: pd.DataFrame) -> M
     )
 
 
-def score_champion(config: TrainingConfig, champion: VersionRef, holdout: pd.DataFrame) -> MetricReport:
-    """The champion's metrics on a holdout, loaded from the registry after its hashes are checked."""
-    return score_report(config, load_version(champion.name, champion.version), holdout)
+def gain_intervals(
+    config: TrainingConfig, rows: pd.DataFrame, challenger: Any, champion: Any
+) -> dict[str, GainInterval]:
+    """The paired bootstrap interval of the gain on `rows`: overall, and per slice the gate judges.
+
+    Seeded by the tuning seed, so the same comparison gives the same interval. Empty when the
+    config asks for no draws.
+    """
+    draws = config.gate.bootstrap_draws
+    if draws == 0 or rows.empty:
+        return {}
+    features, target = features_and_target(config, rows)
+    y = target.to_numpy()
+    ours, theirs = predict_scores(challenger, features, config.task), predict_scores(champion, features, config.task)
+    classes = (model_classes(challenger), model_classes(champion))
+    metric = config.gate.metric
+
+    def on(scores: np.ndarray, model_classes_: list[Any] | None) -> Callable[[np.ndarray], float]:
+        return lambda index: metric_value(config.task, metric, y[index], scores[index], model_classes_)
+
+    groups: dict[str, np.ndarray] = {"overall": np.arange(len(rows))}
+    for column in config.slices:
+        for value, index in rows.groupby(column, dropna=False, observed=True).indices.items():
+            if len(index) >= config.gate.min_slice_rows:
+                groups[f"{column}={'<missing>' if pd.isna(value) else value}"] = np.asarray(index)
+    rng = np.random.default_rng(config.tuning.seed)
+    return {
+        name: paired_gain_interval(
+            on(ours, classes[0]),
+            on(theirs, classes[1]),
+            index,
+            config.higher_is_better,
+            draws,
+            config.gate.confidence,
+            rng,
+        )
+        for name, index in groups.items()
+    }
 
 
 # A champion that cannot be loaded or scored (a changed feature set, a tampered file, a store
@@ -149,6 +189,7 @@ def judge(
         holdout = challenger_holdout()
         return Evaluation(len(holdout), score_report(config, challenger, holdout), None, None, None)
     compared_on, holdout, error = "the challenger's holdout", None, None
+    gains: dict[str, GainInterval] = {}
     try:
         champion_fitted = Fitted.of_version(champion)
         compared_on, rows, error = comparison_rows(
@@ -160,7 +201,9 @@ def judge(
             champion.version,
         )
         holdout = rows
-        champion_report = None if error else score_champion(config, champion, rows)
+        champion_model = None if error else load_version(champion.name, champion.version)
+        champion_report = None if champion_model is None else score_report(config, champion_model, rows)
+        gains = {} if champion_model is None else gain_intervals(config, rows, challenger, champion_model)
     except (HoldoutUnavailable, *SCORING_ERRORS) as exc:
         error, champion_report = f"{type(exc).__name__}: {exc}", None
         rows = holdout if holdout is not None else challenger_holdout()
@@ -171,6 +214,7 @@ def judge(
         champion_version=champion.version,
         champion_error=error,
         compared_on=compared_on,
+        gains=gains,
     )
 
 

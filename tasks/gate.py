@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.fairness import FairnessReport
 from tasks.notify import artifact_key
 from tasks.settings import GateConfig, TrainingConfig
+from tasks.uncertainty import GainInterval
 
 if TYPE_CHECKING:  # the stage's input; imported lazily to keep this module free of cycles
     from tasks.train import Candidate
@@ -53,6 +54,8 @@ class Evaluation:
     champion_version: str | None
     champion_error: str | None
     compared_on: str = "the challenger's holdout"
+    # "overall" and each gated slice: the paired bootstrap interval of the gain (tasks/uncertainty.py)
+    gains: dict[str, GainInterval] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class GateReport:
     challenger_value: float
     champion_value: float | None
     champion_version: str | None
+    gain: GainInterval | None = None  # the overall gain's bootstrap interval, when one was measured
 
     @property
     def violations(self) -> list[str]:
@@ -88,6 +92,7 @@ class GateReport:
             "challenger_value": self.challenger_value,
             "champion_value": self.champion_value,
             "champion_version": self.champion_version,
+            "gain_interval": None if self.gain is None else [self.gain.low, self.gain.high, self.gain.confidence],
             "violations": self.violations,
             "checks": [c.__dict__ for c in self.checks],
         }
@@ -125,7 +130,14 @@ def decide(
     champion_version: str | None = None,
     champion_error: str | None = None,
     fairness_bounds: dict[str, float] | None = None,
+    gains: dict[str, GainInterval] | None = None,
 ) -> GateReport:
+    """The verdict: every hard rule, the champion beaten by the point gain, no slice regressed for real.
+
+    A slice regressed for real when its drop passes its allowance and its paired bootstrap interval
+    (`gains`, where measured) excludes zero.
+    """
+    gains = gains or {}
     sign = 1.0 if higher_is_better else -1.0
     value = challenger.overall.get(metric, math.nan)
     checks: list[Check] = []
@@ -157,15 +169,16 @@ def decide(
         else:
             gain = sign * (value - champion_value) if _finite(value) else math.nan
             ok = _finite(gain) and gain > 0 and gain >= rules.min_improvement
+            noise = f" ({gains['overall'].describe()})" if "overall" in gains else ""
             checks.append(
                 Check(
                     "beats champion",
                     ok,
                     f"improvement {_fmt(gain)} over champion {_fmt(champion_value)}; "
-                    f"needs > 0 and >= {rules.min_improvement}",
+                    f"needs > 0 and >= {rules.min_improvement}{noise}",
                 )
             )
-        checks += slice_checks(metric, sign, rules, challenger.slices, champion.slices)
+        checks += slice_checks(metric, sign, rules, challenger.slices, champion.slices, gains)
 
     return GateReport(
         metric=metric,
@@ -174,13 +187,24 @@ def decide(
         challenger_value=value,
         champion_value=champion_value,
         champion_version=champion_version,
+        gain=gains.get("overall"),
     )
 
 
 def slice_checks(
-    metric: str, sign: float, rules: GateConfig, challenger: SliceMetrics, champion: SliceMetrics
+    metric: str,
+    sign: float,
+    rules: GateConfig,
+    challenger: SliceMetrics,
+    champion: SliceMetrics,
+    gains: dict[str, GainInterval] | None = None,
 ) -> list[Check]:
-    """One check per slice both models were scored on with enough rows."""
+    """One check per slice both models were scored on with enough rows.
+
+    A drop beyond `max_slice_regression` blocks, unless the slice's paired interval of the gain
+    reaches zero: then the drop is within what resampling the same rows gives by chance.
+    """
+    gains = gains or {}
     checks = []
     for name in sorted(set(challenger) & set(champion)):
         rows = int(challenger[name].get("rows", 0))
@@ -190,14 +214,18 @@ def slice_checks(
         if not _finite(old):
             continue  # nothing measurable to regress from (e.g. a one-class slice)
         drop = sign * (old - new) if _finite(new) else math.inf
-        checks.append(
-            Check(
-                f"slice {name}",
-                drop <= rules.max_slice_regression,
-                f"{metric} {_fmt(old)} -> {_fmt(new) if _finite(new) else new} ({rows} rows); "
-                f"regression {_fmt(drop)} allowed <= {rules.max_slice_regression}",
-            )
+        interval = gains.get(name)
+        noise = interval is not None and interval.measured and interval.high >= 0 and math.isfinite(drop)
+        within = drop <= rules.max_slice_regression
+        detail = (
+            f"{metric} {_fmt(old)} -> {_fmt(new) if _finite(new) else new} ({rows} rows); "
+            f"regression {_fmt(drop)} allowed <= {rules.max_slice_regression}"
         )
+        if interval is not None:
+            detail += f"; {interval.describe()}"
+            if not within and noise:
+                detail += ": within sampling noise, not blocking"
+        checks.append(Check(f"slice {name}", within or noise, detail))
     return checks
 
 
@@ -237,6 +265,7 @@ def decide_evaluation(config: TrainingConfig, evaluation: Evaluation) -> GateRep
         champion_version=evaluation.champion_version,
         champion_error=evaluation.champion_error,
         fairness_bounds=config.fairness.bounds,
+        gains=evaluation.gains,
     )
 
 

@@ -124,6 +124,25 @@ def multiclass_label_metrics(y_true: np.ndarray, predicted: np.ndarray) -> dict[
     }
 
 
+def metric_value(
+    task: TaskType, metric: str, y_true: np.ndarray, scores: np.ndarray, classes: list[Any] | None = None
+) -> float:
+    """One metric, as `compute_metrics` gives it, without the others (the bootstrap asks thousands of times)."""
+    y = np.asarray(y_true)
+    if len(y) == 0:
+        return math.nan
+    if task == "binary" and metric in {"roc_auc", "average_precision"}:
+        if len(np.unique(y)) < 2:
+            return math.nan
+        ranking = roc_auc_score if metric == "roc_auc" else average_precision_score
+        return float(ranking(y, scores))
+    if task == "regression" and metric == "rmse":
+        return float(math.sqrt(mean_squared_error(y, scores)))
+    if task == "regression" and metric == "mae":
+        return float(mean_absolute_error(y, scores))
+    return compute_metrics(task, y, scores, classes)[metric]
+
+
 def _names(task: TaskType) -> list[str]:
     return {
         "binary": ["roc_auc", "average_precision", "log_loss", "brier", "f1", "accuracy"],

@@ -311,6 +311,11 @@ class GateConfig(Strict):
     min_comparison_rows: int = Field(
         100, ge=1, description="fewer rows that neither model was fitted on: not comparable, nothing promoted"
     )
+    # A slice regression beyond max_slice_regression blocks only when the paired bootstrap of the
+    # slice's gain excludes zero: a drop inside its own sampling noise is not evidence. 0 draws:
+    # point estimates decide, as a gate without uncertainty would.
+    bootstrap_draws: int = Field(200, ge=0, le=10_000, description="paired resamples of the comparison rows")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="level of the bootstrap interval of the gain")
 
     @field_validator("min_metric")
     @classmethod
