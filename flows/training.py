@@ -23,14 +23,14 @@ from tasks.services import unavailable
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.split import SplitError, split
 from tasks.stores import Stores
-from tasks.train import train
+from tasks.train import refit, train
 from tasks.tune import tune
 from tasks.validate import BatchRejected, validate
 
 
 @flow(name="training")
 def training(config: TrainingConfig, window: TimeWindow | None = None, reason: str = "manual") -> Decision:
-    """Ingest, validate, split, tune, train, evaluate against the champion, explain, gate, promote.
+    """Ingest, validate, split, tune, train, evaluate against the champion, explain, gate, (refit,) promote.
 
     Every decision is appended to the promotion history, and the version's model card is
     published to MLflow and the Prefect UI.
@@ -65,11 +65,13 @@ def training(config: TrainingConfig, window: TimeWindow | None = None, reason: s
         )
         explain(config=config, holdout=splits.holdout, candidate=candidate)
         report = gate(config=config, evaluation=evaluation, candidate=candidate)
+        served = refit(config=config, splits=splits, candidate=candidate, passed=report.passed, window=window)
         decision = promote(
-            candidate=candidate,
+            candidate=served,
             report=report,
             compared_with=evaluation.champion_version,
             stores=stores,
+            # a concurrent promotion is met by the judged model, never by the refit (it saw the holdout)
             rejudge=rejudge_against(config=config, splits=splits, window=window, candidate=candidate, stores=stores),
         )
         model_card(decision=decision, stores=stores)

@@ -25,7 +25,7 @@ from tasks.fairness import fairness_report
 from tasks.gate import Evaluation, GateReport, MetricReport, SliceMetrics, decide_evaluation
 from tasks.ingest import parse_batch
 from tasks.model import compute_metrics, features_and_target, metric_value, model_classes, predict_scores
-from tasks.registry import VersionRef, get_version
+from tasks.registry import TAG_FITTED_UNTIL, VersionRef, get_version
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.split import Splits, time_split
 from tasks.stores import DataStore, Stores, sha256_bytes
@@ -56,6 +56,8 @@ class Fitted:
         start, end = (date.fromisoformat(part) for part in label.split(".."))
         holdout_start = params.get("holdout_start")
         fitted_end = pd.Timestamp(holdout_start) if holdout_start else pd.Timestamp(end, tz="UTC")
+        if until := version.tags.get(TAG_FITTED_UNTIL):  # refitted on its holdout after the gate
+            fitted_end = pd.Timestamp(until)
         return cls(pd.Timestamp(start, tz="UTC"), fitted_end, end)
 
 

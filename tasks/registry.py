@@ -32,6 +32,7 @@ TAG_GATE_PASSED = "driftloop.gate_passed"
 TAG_IDEMPOTENCY_KEY = "driftloop.idempotency_key"  # same data, config and code (tasks/lineage.py)
 TAG_FLOW_RUN = "prefect.flow_run_id"  # on MLflow runs: the Prefect flow run that made them
 TAG_VERSION = "driftloop.version"  # on MLflow runs: the version registered from them, if any
+TAG_FITTED_UNTIL = "driftloop.fitted_until"  # on versions refitted after the gate: the end of what they saw
 PROMOTING = "promoting"  # a TAG_DECISION value: registered, aliases not yet moved (recovery finishes it)
 
 

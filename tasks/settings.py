@@ -315,6 +315,10 @@ class GateConfig(Strict):
     # slice's gain excludes zero: a drop inside its own sampling noise is not evidence. 0 draws:
     # point estimates decide, as a gate without uncertainty would.
     bootstrap_draws: int = Field(200, ge=0, le=10_000, description="paired resamples of the comparison rows")
+    # Freshness: the judged model never saw its holdout, the most recent labelled rows. With this
+    # on, a model that passed is refitted on the whole window (holdout included) with the same
+    # parameters, and that refit is what is registered and served. The refit itself is not judged.
+    refit_after_pass: bool = Field(False, description="serve the passed parameters refitted on the whole window")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="level of the bootstrap interval of the gain")
 
     @field_validator("min_metric")

@@ -12,6 +12,7 @@ together with its decision, so no version ever exists without one (tasks/promote
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import time
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 import sklearn
 import yaml
+from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from prefect import get_run_logger, task
@@ -36,9 +38,9 @@ from tasks.inference_log import CONFIDENCE, PREDICTION
 from tasks.ingest import LandedBatch
 from tasks.lineage import RunContext
 from tasks.model import build_pipeline, features_and_target, predict_scores
-from tasks.registry import TAG_BEST_PARAMS, TAG_FLOW_RUN, TAG_IDEMPOTENCY_KEY
+from tasks.registry import TAG_BEST_PARAMS, TAG_FITTED_UNTIL, TAG_FLOW_RUN, TAG_IDEMPOTENCY_KEY
 from tasks.score import score_frame
-from tasks.settings import TrainingConfig
+from tasks.settings import TimeWindow, TrainingConfig
 from tasks.split import Splits
 from tasks.stores import DataStore, Stores
 from tasks.tune import TuningResult
@@ -151,18 +153,7 @@ def train(
         )
         _log_frame(reference_sample(config, pipeline, fit_frame, splits.holdout), "reference/reference.parquet")
 
-        example = features.head(5)
-        signature = infer_signature(example, predict_scores(pipeline, example, config.task))
-        info = mlflow.sklearn.log_model(
-            pipeline,
-            name="model",
-            signature=signature,
-            input_example=example,
-            pip_requirements=model_requirements(),
-            serialization_format="skops",
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-            pyfunc_predict_fn="predict" if config.task == "regression" else "predict_proba",
-        )
+        info = log_pipeline(config, pipeline, features, "model")
         hashes = hash_tags(info.model_uri)  # read back from the store: what was really written
         mlflow.set_tags(hashes)
         failpoint(AFTER_LOG_MODEL)
@@ -188,6 +179,60 @@ def train(
             "driftloop.window": context.window.label(),
             "driftloop.batch_sha256": batch_digests,
             "driftloop.git_revision": context.git_revision,
+        },
+    )
+
+
+def log_pipeline(config: TrainingConfig, pipeline: Any, features: pd.DataFrame, name: str) -> Any:
+    """Log a fitted Pipeline to the active run: skops (no pickle), signature, example, pinned requirements."""
+    example = features.head(5)
+    return mlflow.sklearn.log_model(
+        pipeline,
+        name=name,
+        signature=infer_signature(example, predict_scores(pipeline, example, config.task)),
+        input_example=example,
+        pip_requirements=model_requirements(),
+        serialization_format="skops",
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+        pyfunc_predict_fn="predict" if config.task == "regression" else "predict_proba",
+    )
+
+
+@task(cache_policy=NO_CACHE)
+def refit(config: TrainingConfig, splits: Splits, candidate: Candidate, passed: bool, window: TimeWindow) -> Candidate:
+    """What is served after a pass (`gate.refit_after_pass`): the judged parameters fitted on the whole window.
+
+    The judged model never saw its holdout, the freshest labelled rows; this refit has. It is logged
+    in the same run beside the judged model, hashed like it, and its version records that it was
+    fitted to the window's end (`driftloop.fitted_until`), so no later comparison scores it on rows
+    it saw. The gate's numbers on the version are the judged model's. Off, or after a rejection, the
+    candidate is returned unchanged.
+    """
+    if not (config.gate.refit_after_pass and passed):
+        return candidate
+    whole = pd.concat([splits.train, splits.validation, splits.holdout], ignore_index=True)
+    features, target = features_and_target(config, whole)
+    cpu_started = time.process_time()
+    pipeline = build_pipeline(config, candidate.params).fit(features, target)
+    fit_cpu = round(time.process_time() - cpu_started, 2)
+    with mlflow.start_run(run_id=candidate.run_id):
+        info = log_pipeline(config, pipeline, features, "model-refit")
+        hashes = hash_tags(info.model_uri)
+        metrics = MlflowClient().get_run(candidate.run_id).data.metrics
+        mlflow.log_metrics(
+            {"refit_cpu_seconds": fit_cpu, "training_cpu_seconds": metrics.get("training_cpu_seconds", 0.0) + fit_cpu}
+        )
+        mlflow.set_tags({"driftloop.refit_model_sha256": hashes[TAG_MODEL_SHA256], "driftloop.refit_rows": len(whole)})
+    get_run_logger().info("refitted %s on the whole window %s: %d rows", candidate.label, window.label(), len(whole))
+    fitted_until = pd.Timestamp(window.end, tz="UTC").isoformat()
+    return dataclasses.replace(
+        candidate,
+        model_uri=info.model_uri,
+        version_tags={
+            **candidate.version_tags,
+            **hashes,
+            TAG_FITTED_UNTIL: fitted_until,
+            "driftloop.refit": "whole window",
         },
     )
 
