@@ -81,22 +81,33 @@ def comparison_rows(
     """(which holdout, its rows neither model was fitted on, why not comparable or None).
 
     The holdout is that of whichever window ends later: the other model was fitted on earlier data,
-    so only that one can hold rows new to both. Fewer than `gate.min_comparison_rows` of them is
-    not comparable. Only the chosen holdout is built.
+    so only that one can hold rows new to both. Too few of them is not comparable: fewer than
+    `comparison_rows_needed`. Only the chosen holdout is built.
     """
     if champion_fitted.window_end > challenger_fitted.window_end:
         compared_on, holdout = f"version {champion_version}'s holdout", champion_holdout()
     else:
         compared_on, holdout = "the challenger's holdout", challenger_holdout()
     rows = neither_fitted(holdout, config.timestamp, challenger_fitted, champion_fitted)
-    if len(rows) >= config.gate.min_comparison_rows:
+    needed = comparison_rows_needed(config.gate.min_comparison_rows, len(holdout))
+    if len(rows) >= needed:
         return compared_on, rows, None
     return (
         compared_on,
         rows,
         f"not comparable: {len(rows)} of the {len(holdout)} rows of {compared_on} were fitted by neither "
-        f"model (at least {config.gate.min_comparison_rows} needed)",
+        f"model (at least {needed} needed)",
     )
+
+
+def comparison_rows_needed(min_comparison_rows: int, holdout_rows: int) -> int:
+    """`gate.min_comparison_rows`, or half the holdout when that is smaller (at least one row).
+
+    A holdout of 61 daily rows is a whole comparison, not a handful: what makes a comparison
+    unusable is that most of its rows were seen by one of the models, and the bootstrap interval
+    already says how little a small comparison proves.
+    """
+    return max(1, min(min_comparison_rows, math.ceil(holdout_rows / 2)))
 
 
 def slice_metrics(config: TrainingConfig, frame: pd.DataFrame, scores: Any, classes: list[Any] | None) -> SliceMetrics:

@@ -309,7 +309,9 @@ class GateConfig(Strict):
     max_slice_regression: float = Field(0.05, ge=0.0, le=1e6)
     min_slice_rows: int = Field(200, ge=1, description="smaller slices are reported, not gated")
     min_comparison_rows: int = Field(
-        100, ge=1, description="fewer rows that neither model was fitted on: not comparable, nothing promoted"
+        100,
+        ge=1,
+        description="fewer rows neither model was fitted on (or fewer than half the holdout, if less): not comparable",
     )
     # A slice regression beyond max_slice_regression blocks only when the paired bootstrap of the
     # slice's gain excludes zero: a drop inside its own sampling noise is not evidence. 0 draws:

@@ -71,4 +71,6 @@ def test_a_files_dataset_replays_through_the_same_loop(tmp_path: Path, repo_root
     assert f"mean {metric} (2 of 2 periods)" in run.stdout
     started = summary["retrain_started"].astype(bool)
     assert summary.loc[started, "retrain_cpu_seconds"].notna().all()  # every retrain says what it cost
+    # every retrain was judged: a small holdout (61 daily rows) is a comparison, not "not comparable"
+    assert not summary.loc[started, "why"].astype(str).str.contains("not comparable").any(), summary["why"]
     assert (folder / "quality.png").read_bytes()[:4] == b"\x89PNG"

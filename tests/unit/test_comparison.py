@@ -64,3 +64,12 @@ def test_slice_metrics_score_each_value_on_its_own_rows_and_name_missing_values(
     assert slices["c1=a"]["roc_auc"] == 1.0
     b = (frame["c1"] == "b").to_numpy()
     assert slices["c1=b"]["roc_auc"] == roc_auc_score(frame["y"][b], scores[b])
+
+
+def test_a_small_holdout_is_comparable_when_most_of_it_is_new_to_both() -> None:
+    from tasks.evaluate import comparison_rows_needed
+
+    assert comparison_rows_needed(100, 336) == 100  # hourly: the configured minimum
+    assert comparison_rows_needed(100, 61) == 31  # daily, two months: half of it
+    assert comparison_rows_needed(100, 1) == 1
+    assert comparison_rows_needed(100, 0) == 1  # nothing to compare on is never comparable
