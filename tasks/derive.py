@@ -43,7 +43,9 @@ def derive_columns(config: TrainingConfig, frame: pd.DataFrame) -> pd.DataFrame:
         return frame
     out = frame.copy()
     for derived in config.derive:
-        if derived.name == config.target and any(c not in out.columns for c in inputs_of(derived)):
+        missing = any(c not in out.columns for c in inputs_of(derived))
+        # no label to derive in a batch to score; a repair of an absent column is the schema's "column is missing"
+        if missing and (derived.name == config.target or isinstance(derived, MissingOutside)):
             continue
         out[derived.name] = derive_one(derived, out)
     return out
