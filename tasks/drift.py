@@ -8,8 +8,12 @@ seconds, and most importers (the policy, the flows' argument parsing) never need
 
 Conventions, chosen once and used everywhere:
 
-- A column drifts when its distance is >= its threshold, as Evidently's own Wasserstein and
-  Jensen-Shannon tests decide, so our flags and the HTML report never disagree.
+- A column's distance drifts when it is >= its threshold, as Evidently's own Wasserstein and
+  Jensen-Shannon tests decide, so those flags and the HTML report never disagree. Thresholds are
+  the model's calibrated null (tasks/drift_null.py) unless the config fixes them.
+- On top of the distance, a feature is flagged when its null rate changed, or (categories) its
+  share of values the reference never had grew, beyond the calibrated null: Evidently drops
+  missing values, so a column half of whose values stopped arriving can keep its distance.
 - A score that is not a finite number counts as drifted: a comparison that broke must not pass
   as "no drift".
 - A feature that is entirely null (or absent) in the current window while the reference has values
@@ -21,16 +25,20 @@ Conventions, chosen once and used everywhere:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from tasks.settings import METRIC_DIRECTIONS, MonitoringConfig, TrainingConfig
+from tasks.settings import METRIC_DIRECTIONS, TrainingConfig
+
+if TYPE_CHECKING:
+    from tasks.drift_null import NullThresholds
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +53,17 @@ ALL_NULL_METHOD = "all_null"  # decided here, not by Evidently (see the module d
 
 @dataclass(frozen=True)
 class ColumnDrift:
-    """One column's distance between reference and current, and whether it crossed its threshold."""
+    """One column's distance between reference and current, and whether it crossed its threshold.
+
+    `quality` names the rate statistics that passed their null (e.g. "null rate +0.310 > 0.074").
+    """
 
     column: str
     method: str
     score: float
     threshold: float
     drifted: bool
+    quality: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -82,6 +94,9 @@ class DriftResult:
     drifted_share: float
     prediction: ColumnDrift | None = None
     performance: PerformanceCheck | None = None
+    label: ColumnDrift | None = None
+    min_drifted: int | None = None  # flagged features feature drift needs (calibrated or from the share)
+    alone_ratio: float = math.inf  # or one feature at this multiple of its threshold (calibrated only)
 
     def drifted_columns(self) -> list[ColumnDrift]:
         """Drifted features, largest score first (a non-finite score counts as drifted)."""
@@ -103,6 +118,8 @@ class DriftResult:
             out[f"drift_{metric_key(column.column)}"] = float(column.score)
         if self.prediction is not None:
             out["prediction_drift"] = float(self.prediction.score)
+        if self.label is not None:
+            out["label_drift"] = float(self.label.score)
         if self.performance is not None:
             out["performance_drop"] = float(self.performance.drop)
             out["performance_current"] = float(self.performance.current_value)
@@ -116,7 +133,15 @@ class DriftResult:
 
 def is_drifted(column: ColumnDrift) -> bool:
     """The flag, but a non-finite score always counts: a broken comparison is not evidence of no drift."""
-    return column.drifted or not math.isfinite(column.score) or column.score >= column.threshold
+    return column.drifted or bool(column.quality) or not math.isfinite(column.score) or column.score >= column.threshold
+
+
+def beyond_chance(column: ColumnDrift) -> str:
+    """How far past its threshold a score is, in words: "0.412 (1.6x the threshold 0.260)"."""
+    if not math.isfinite(column.score):
+        return f"{column.score} (not measurable)"
+    ratio = column.score / column.threshold if column.threshold > 0 else math.inf
+    return f"{column.score:.3f} ({ratio:.1f}x the threshold {column.threshold:.3f})"
 
 
 def drifted_share(columns: list[ColumnDrift]) -> float:
@@ -148,10 +173,13 @@ def json_safe(value: Any) -> Any:
 # --------------------------------------------------------------------------- measuring: features
 
 
-def _all_null_drift(column: str, ref_null: bool, threshold: float) -> ColumnDrift:
-    """Evidently cannot compare an empty column: decide here. One side empty = maximal change."""
-    score = 0.0 if ref_null else 1.0
-    return ColumnDrift(column, ALL_NULL_METHOD, score, threshold, drifted=score >= threshold)
+def _all_null_drift(column: str, both_null: bool, threshold: float) -> ColumnDrift:
+    """Evidently cannot compare an empty column: decide here. One side empty = maximal change.
+
+    Drifted whatever the threshold (a calibrated Wasserstein threshold may exceed 1.0).
+    """
+    score = 0.0 if both_null else 1.0
+    return ColumnDrift(column, ALL_NULL_METHOD, score, threshold, drifted=not both_null)
 
 
 def _is_all_null(frame: pd.DataFrame, column: str, numeric: bool) -> bool:
@@ -195,26 +223,76 @@ def _value_drift_scores(snapshot_dict: dict[str, Any]) -> dict[str, tuple[str, f
     return scores
 
 
+@dataclass(frozen=True)
+class Limits:
+    """The thresholds one check applies: fixed in the config where set, else the model's calibrated null."""
+
+    column: dict[str, float]
+    null_rate: dict[str, float]
+    unseen: dict[str, float]
+    prediction: float
+    label: float | None
+    min_drifted: int
+    alone_ratio: float
+
+    @classmethod
+    def of(cls, config: TrainingConfig, null: NullThresholds | None) -> Limits:
+        policy = config.monitoring
+        features = config.features.all
+        if null is None and None in (policy.column_threshold, policy.drifted_share, policy.prediction_threshold):
+            raise ValueError(
+                "drift thresholds: the model has no calibrated null and monitoring does not fix "
+                "column_threshold, drifted_share and prediction_threshold"
+            )
+        fixed_column = policy.column_threshold
+        column = {c: fixed_column if fixed_column is not None else null.distance.get(c, 1.0) for c in features}  # type: ignore[union-attr]
+        if policy.prediction_threshold is not None:
+            prediction = policy.prediction_threshold
+        else:
+            prediction = null.prediction if null is not None and null.prediction is not None else 1.0
+        if policy.drifted_share is not None:  # share >= drifted_share, as a count (float-safe)
+            min_drifted = max(1, math.ceil(policy.drifted_share * len(features) - 1e-9))
+        else:
+            min_drifted = null.min_drifted  # type: ignore[union-attr]
+        return cls(
+            column=column,
+            null_rate=dict(null.null_rate) if null is not None else {},
+            unseen=dict(null.unseen) if null is not None else {},
+            prediction=prediction,
+            label=null.label if null is not None else None,
+            min_drifted=min_drifted,
+            # a fixed column threshold has no null to say how far past it is beyond chance
+            alone_ratio=null.alone_ratio if null is not None and fixed_column is None else math.inf,
+        )
+
+
 def drift_report(
     reference: pd.DataFrame,
     current: pd.DataFrame,
     config: TrainingConfig,
     prediction_column: str = "prediction",
+    null: NullThresholds | None = None,
 ) -> tuple[DriftResult, Any]:
-    """Distances per feature (and for the prediction, if both frames have it) with Evidently.
+    """Distances per feature, the prediction and the label (where both frames have them), with Evidently.
 
     Returns the result and the Evidently Snapshot for the HTML report; the snapshot is None when
     Evidently was not run (empty current window, or nothing comparable). An empty current window
     gives `rows_current == 0` and no columns, which the policy reads as insufficient data.
-    Features use `monitoring.column_threshold`; the prediction uses `monitoring.prediction_threshold`,
-    so its flag agrees with the policy. Binary and regression predictions are numbers,
-    multiclass predictions are labels.
+    Thresholds are `Limits.of(config, null)`: without a stored null (a model trained before
+    calibration) and no fixed thresholds, the null is calibrated here from the reference.
+    Binary and regression predictions are numbers, multiclass predictions are labels; labels are
+    compared on the rows that have one, once at least `min_labelled_rows` of them arrived.
     """
     if reference.empty:
         raise ValueError("the reference frame is empty: there is no baseline to compare against")
     policy = config.monitoring
     if current.empty:
         return DriftResult(0, len(reference), [], math.nan), None
+    if null is None and None in (policy.column_threshold, policy.drifted_share, policy.prediction_threshold):
+        from tasks.drift_null import calibrate
+
+        null = calibrate(reference, config, prediction_column)
+    limits = Limits.of(config, null)
 
     features = config.features.all
     decided: dict[str, ColumnDrift] = {}
@@ -223,7 +301,7 @@ def drift_report(
         ref_null = _is_all_null(reference, column, numeric_feature)
         cur_null = _is_all_null(current, column, numeric_feature)
         if ref_null or cur_null:
-            decided[column] = _all_null_drift(column, ref_null and cur_null, policy.column_threshold)
+            decided[column] = _all_null_drift(column, ref_null and cur_null, limits.column[column])
     numeric = [c for c in config.features.numeric if c not in decided]
     categorical = [c for c in config.features.categorical if c not in decided]
 
@@ -234,36 +312,110 @@ def drift_report(
         ref_null = _is_all_null(reference, prediction_column, prediction_numeric)
         cur_null = _is_all_null(current, prediction_column, prediction_numeric)
         if ref_null or cur_null:
-            prediction = _all_null_drift(prediction_column, ref_null and cur_null, policy.prediction_threshold)
+            prediction = _all_null_drift(prediction_column, ref_null and cur_null, limits.prediction)
             with_prediction = False
+    label_frames = _labelled(reference, current, config) if limits.label is not None else None
 
     snapshot = None
     scores: dict[str, tuple[str, float, float]] = {}
-    if numeric or categorical or with_prediction:
+    if numeric or categorical or with_prediction or label_frames is not None:
         num_cols = numeric + ([prediction_column] if with_prediction and prediction_numeric else [])
         cat_cols = categorical + ([prediction_column] if with_prediction and not prediction_numeric else [])
+        ref_frame = _prepare(reference, num_cols, cat_cols)
+        cur_frame = _prepare(current, num_cols, cat_cols)
+        label_column = None
+        if label_frames is not None:
+            label_column = config.target  # never a feature (the config refuses it)
+            ref_frame[label_column], cur_frame[label_column] = label_frames
+            (cat_cols if config.task != "regression" else num_cols).append(label_column)
         snapshot = _run_evidently(
-            _prepare(reference, num_cols, cat_cols),
-            _prepare(current, num_cols, cat_cols),
+            ref_frame,
+            cur_frame,
             num_cols,
             cat_cols,
             features=numeric + categorical,
             prediction=(prediction_column, prediction_numeric) if with_prediction else None,
-            policy=policy,
+            label=(label_column, config.task == "regression") if label_column else None,
+            limits=limits,
         )
         scores = _value_drift_scores(snapshot.dict())
 
-    columns = [decided.get(column) or _from_scores(column, scores, policy.column_threshold) for column in features]
+    quality = _quality_flags(reference, current, config, limits)
+    columns = [
+        dataclasses.replace(
+            decided.get(column) or _from_scores(column, scores, limits.column[column]),
+            quality=quality.get(column, ()),
+        )
+        for column in features
+    ]
     if with_prediction:
-        prediction = _from_scores(prediction_column, scores, policy.prediction_threshold)
+        prediction = _from_scores(prediction_column, scores, limits.prediction)
+    label = None
+    if label_frames is not None and limits.label is not None:
+        label = _from_scores(config.target, scores, limits.label)
     result = DriftResult(
         rows_current=len(current),
         rows_reference=len(reference),
         columns=columns,
         drifted_share=drifted_share(columns),
         prediction=prediction,
+        label=label,
+        min_drifted=limits.min_drifted,
+        alone_ratio=limits.alone_ratio,
     )
     return result, snapshot
+
+
+def _labelled(
+    reference: pd.DataFrame, current: pd.DataFrame, config: TrainingConfig
+) -> tuple[pd.Series, pd.Series] | None:
+    """(reference labels, current labels) as compared, or None until enough labels arrived.
+
+    Classes as canonical text (1, 1.0 and True are the same class whichever store they came from);
+    rows without a label stay missing, which the distance ignores.
+    """
+    target = config.target
+    if target not in reference.columns or target not in current.columns:
+        return None
+    if int(current[target].notna().sum()) < config.monitoring.min_labelled_rows:
+        return None
+    if config.task == "regression":
+        return (
+            pd.to_numeric(reference[target], errors="coerce").astype(float),
+            pd.to_numeric(current[target], errors="coerce").astype(float),
+        )
+    return class_text(reference[target]), class_text(current[target])
+
+
+def class_text(values: pd.Series) -> pd.Series:
+    """Class labels as text; integral numbers (and booleans) as their integer, missing stays missing."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        floats = pd.to_numeric(values, errors="coerce").astype(float)
+        text = floats.map(lambda v: str(int(v)) if math.isfinite(v) and float(v).is_integer() else str(v))
+        return text.where(floats.notna())
+    return values.astype(object).where(values.isna(), values.astype(str))
+
+
+def _quality_flags(
+    reference: pd.DataFrame, current: pd.DataFrame, config: TrainingConfig, limits: Limits
+) -> dict[str, tuple[str, ...]]:
+    """Per feature, the rate statistics past their calibrated null (none without a calibration)."""
+    if not limits.null_rate and not limits.unseen:
+        return {}
+    from tasks.drift_null import observed_rates
+
+    flags: dict[str, tuple[str, ...]] = {}
+    for column, rates in observed_rates(reference, current, config).items():
+        found = []
+        change, at = rates.get("null_rate_change", math.nan), limits.null_rate.get(column, math.inf)
+        if math.isfinite(change) and change >= at:
+            found.append(f"null rate changed by {change:.3f} >= {at:.3f}")
+        unseen, at = rates.get("unseen_share", math.nan), limits.unseen.get(column, math.inf)
+        if math.isfinite(unseen) and unseen >= at:
+            found.append(f"unseen categories in {unseen:.3f} of rows >= {at:.3f}")
+        if found:
+            flags[column] = tuple(found)
+    return flags
 
 
 def _from_scores(column: str, scores: dict[str, tuple[str, float, float]], threshold: float) -> ColumnDrift:
@@ -281,12 +433,13 @@ def _run_evidently(
     *,
     features: list[str],
     prediction: tuple[str, bool] | None,
-    policy: MonitoringConfig,
+    label: tuple[str, bool] | None,
+    limits: Limits,
 ) -> Any:
-    """One Report: the preset over features, plus a separate ValueDrift for the prediction.
+    """One Report: the preset over features, plus a separate ValueDrift for the prediction and the label.
 
     Kept apart so Evidently's drifted-columns count covers features only, as ours does, and the
-    prediction gets its own threshold. Note the order: current goes FIRST in `run`.
+    prediction and label get their own thresholds. Note the order: current goes FIRST in `run`.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
@@ -297,16 +450,17 @@ def _run_evidently(
         items.append(
             DataDriftPreset(
                 columns=features,
-                drift_share=policy.drifted_share,
+                drift_share=limits.min_drifted / max(1, len(limits.column)),
                 num_method=NUMERIC_METHOD,
                 cat_method=CATEGORICAL_METHOD,
-                threshold=policy.column_threshold,
+                per_column_threshold={c: limits.column[c] for c in features},
             )
         )
-    if prediction is not None:
-        name, numeric_prediction = prediction
-        method = NUMERIC_METHOD if numeric_prediction else CATEGORICAL_METHOD
-        items.append(ValueDrift(column=name, method=method, threshold=policy.prediction_threshold))
+    for single, threshold in ((prediction, limits.prediction), (label, limits.label)):
+        if single is not None and threshold is not None:
+            name, numeric_values = single
+            method = NUMERIC_METHOD if numeric_values else CATEGORICAL_METHOD
+            items.append(ValueDrift(column=name, method=method, threshold=threshold))
     definition = DataDefinition(numerical_columns=numeric, categorical_columns=categorical)
     return Report(items, include_tests=True).run(
         Dataset.from_pandas(current, data_definition=definition),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from tasks.drift import DriftResult, drifted_share
+from tasks.drift import ColumnDrift, DriftResult, beyond_chance, drifted_share, is_drifted
 from tasks.settings import MonitoringConfig
 
 DriftStatus = Literal["drift", "no_drift", "insufficient_data", "cooldown"]
@@ -41,9 +41,10 @@ def decide_drift(
     """The drift policy, pure. Every triggered signal is reported, not just the first.
 
     1. Fewer than `min_rows` current rows: insufficient data, whatever the scores say.
-    2. Signals: share of drifted features >= `drifted_share`; prediction score >= `prediction_threshold`;
-       performance drop > `max_performance_drop` (strictly: a drop equal to the allowance is allowed).
-       The share is recounted from the columns with `is_drifted`, so a NaN score counts as drifted.
+    2. Signals: at least `result.min_drifted` drifted features (the calibrated count, or
+       `drifted_share` of the features where the config fixes it); the prediction or the label past
+       its threshold; performance drop > `max_performance_drop` (strictly: a drop equal to the
+       allowance is allowed). Drifted features are recounted with `is_drifted`, so a NaN score counts.
     3. No signal: no drift. Signals, but an alert less than `cooldown_hours` before `as_of`: cool-down
        (no retrain; the window is half-open, so at exactly its end a new alert goes through). An alert
        stamped after `as_of` (a backfilled check) also blocks. Otherwise: drift, retrain.
@@ -69,26 +70,38 @@ def decide_drift(
 
 
 def _signals(result: DriftResult, policy: MonitoringConfig) -> tuple[list[str], list[str]]:
-    """(triggered signals, notes on the signals that did not trigger), both as sentences."""
+    """(triggered signals, notes on the signals that did not trigger), both as sentences.
+
+    Each threshold is the one the measurement applied (calibrated or fixed), carried in the result,
+    so the decision and the report cannot disagree.
+    """
     signals: list[str] = []
     notes: list[str] = []
 
     drifted = result.drifted_columns()
     share = drifted_share(result.columns) if result.columns else result.drifted_share
+    needed = _features_needed(result, policy)
     share_text = f"{len(drifted)}/{len(result.columns)} features drifted (share {share:.2f})"
-    if not math.isfinite(share) or share >= policy.drifted_share:
-        names = ", ".join(f"{c.column} {c.score:.3f}" for c in drifted) or "no feature could be scored"
-        signals.append(f"feature drift: {share_text} >= {policy.drifted_share:.2f}: {names}")
+    alone = [c for c in drifted if math.isfinite(c.score) and c.score >= result.alone_ratio * c.threshold]
+    if not math.isfinite(share) or len(drifted) >= needed:
+        names = ", ".join(_column_text(c) for c in drifted) or "no feature could be scored"
+        signals.append(f"feature drift: {share_text}, {needed} needed: {names}")
+    elif alone:
+        names = ", ".join(_column_text(c) for c in alone)
+        signals.append(
+            f"feature drift: {names}, past {result.alone_ratio:.1f}x its threshold, "
+            f"further than chance takes any feature ({share_text}, {needed} needed otherwise)"
+        )
     else:
-        notes.append(f"features: {share_text} < {policy.drifted_share:.2f}")
+        notes.append(f"features: {share_text}, {needed} needed")
 
-    if (pred := result.prediction) is not None:
-        if not math.isfinite(pred.score) or pred.score >= policy.prediction_threshold:
-            signals.append(f"prediction drift: {pred.method} {pred.score:.3f} >= {policy.prediction_threshold:.3f}")
+    for name, single in (("prediction", result.prediction), ("label", result.label)):
+        if single is None:
+            notes.append(f"{name}: not measured")
+        elif is_drifted(single):
+            signals.append(f"{name} drift: {single.method} {beyond_chance(single)}")
         else:
-            notes.append(f"prediction: {pred.method} {pred.score:.3f} < {policy.prediction_threshold:.3f}")
-    else:
-        notes.append("prediction: not measured")
+            notes.append(f"{name}: {single.method} {beyond_chance(single)}")
 
     if (perf := result.performance) is not None:
         measured = f"{perf.metric} {perf.current_value:.4f} vs {perf.reference_value:.4f} at training"
@@ -104,3 +117,19 @@ def _signals(result: DriftResult, policy: MonitoringConfig) -> tuple[list[str], 
     else:
         notes.append("performance: not enough labelled rows yet")
     return signals, notes
+
+
+def _features_needed(result: DriftResult, policy: MonitoringConfig) -> int:
+    """How many drifted features make feature drift: the measurement's rule, else the policy's share."""
+    if result.min_drifted is not None:
+        return result.min_drifted
+    if policy.drifted_share is None:
+        raise ValueError("the drift result carries no share rule and monitoring.drifted_share is not set")
+    return max(1, math.ceil(policy.drifted_share * len(result.columns) - 1e-9))
+
+
+def _column_text(column: ColumnDrift) -> str:
+    """A drifted feature and why: its distance beyond chance, or its rate statistics."""
+    parts = [f"{column.column} {beyond_chance(column)}"] if column.score >= column.threshold else [column.column]
+    parts += list(column.quality)
+    return " ".join(parts[:1]) + (f" ({'; '.join(parts[1:])})" if len(parts) > 1 else "")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from tasks.drift import DriftResult, is_drifted, score_key
+from tasks.drift import ColumnDrift, DriftResult, beyond_chance, is_drifted, score_key
 from tasks.drift_policy import DriftDecision, DriftStatus
 from tasks.stores import DataStore
 
@@ -31,19 +32,24 @@ def summary_markdown(
             f"Drifted features: {len(result.drifted_columns())}/{len(result.columns)} "
             f"(share {result.drifted_share:.2f}). Top scores:",
             "",
-            "| column | method | score | threshold | drifted |",
-            "| --- | --- | ---: | ---: | --- |",
+            "| column | method | score | threshold | score / threshold | drifted | rates beyond chance |",
+            "| --- | --- | ---: | ---: | ---: | --- | --- |",
         ]
         lines += [
-            f"| {_md(c.column)} | {c.method} | {c.score:.4f} | {c.threshold:.2f} | {'yes' if is_drifted(c) else 'no'} |"
+            f"| {_md(c.column)} | {c.method} | {c.score:.4f} | {c.threshold:.3f} | {_ratio(c)} "
+            f"| {'yes' if is_drifted(c) else 'no'} | {_md('; '.join(c.quality))} |"
             for c in ranked
         ]
         lines.append("")
-    if (pred := result.prediction) is not None:
-        flag = "drifted" if is_drifted(pred) else "stable"
-        lines.append(f"Prediction drift: {pred.method} {pred.score:.4f} (threshold {pred.threshold:.2f}, {flag}).")
-    else:
-        lines.append("Prediction drift: not measured.")
+        if result.min_drifted is not None:
+            alone = f", or one at {result.alone_ratio:.1f}x its threshold" if math.isfinite(result.alone_ratio) else ""
+            lines += [f"Feature drift needs {result.min_drifted} drifted features{alone}.", ""]
+    for name, single in (("Prediction", result.prediction), ("Label", result.label)):
+        if single is not None:
+            flag = "drifted" if is_drifted(single) else "stable"
+            lines.append(f"{name} drift: {single.method} {beyond_chance(single)}, {flag}.")
+        else:
+            lines.append(f"{name} drift: not measured.")
     if (perf := result.performance) is not None:
         lines.append(
             f"Performance: {perf.metric} {perf.current_value:.4f} on {perf.labelled_rows} labelled rows, "
@@ -53,6 +59,10 @@ def summary_markdown(
         lines.append("Performance: not enough labelled rows yet.")
     lines += ["", f"Report: [{report_uri}]({report_uri})" if report_uri else "Report: none (Evidently not run)."]
     return "\n".join(lines) + "\n"
+
+
+def _ratio(column: ColumnDrift) -> str:
+    return f"{column.score / column.threshold:.2f}" if column.threshold > 0 else "-"
 
 
 def _md(text: str) -> str:

@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.alerts import last_alert_at, record_alert
 from tasks.drift import DriftResult, drift_report, performance_check
+from tasks.drift_null import NULL_ARTIFACT, NullThresholds, calibrate
 from tasks.drift_policy import DriftDecision, decide_drift
 from tasks.drift_summary import save_report_html, summary_markdown
 from tasks.inference_log import CONFIDENCE, MODEL_VERSION, PREDICTION, InferenceLog
@@ -44,6 +45,7 @@ class Reference:
     model_version: str
     run_id: str
     holdout_value: float
+    null: NullThresholds
 
 
 @dataclass(frozen=True)
@@ -103,17 +105,29 @@ def scored_by(current: pd.DataFrame, model_version: str, min_rows: int) -> tuple
 
 @task(cache_policy=NO_CACHE)
 def load_reference(config: TrainingConfig, champion: VersionRef) -> Reference:
-    """The champion's reference sample and the holdout value of the gate metric it was promoted with."""
+    """The champion's reference sample, its drift null, and the holdout value of the gate metric.
+
+    A model trained before the null was stored with it gets one calibrated here from its reference
+    (the same function, a few seconds), so every check judges against chance.
+    """
     if champion.run_id is None:
         raise ValueError(f"{champion.uri} has no run: it was not trained by driftloop, so it has no reference")
+    client = MlflowClient()
+    stored = {a.path for a in client.list_artifacts(champion.run_id, "reference")}
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(
             run_id=champion.run_id, artifact_path=REFERENCE_ARTIFACT, dst_path=tmp
         )
         frame = pd.read_parquet(path)
-    metrics = MlflowClient().get_run(champion.run_id).data.metrics
+    if NULL_ARTIFACT in stored:
+        null = NullThresholds.from_dict(mlflow.artifacts.load_dict(f"runs:/{champion.run_id}/{NULL_ARTIFACT}"))
+    else:
+        null = calibrate(frame, config)
+    metrics = client.get_run(champion.run_id).data.metrics
     holdout = metrics.get(f"holdout_{config.gate.metric}", math.nan)
-    return Reference(frame=frame, model_version=champion.version, run_id=champion.run_id, holdout_value=holdout)
+    return Reference(
+        frame=frame, model_version=champion.version, run_id=champion.run_id, holdout_value=holdout, null=null
+    )
 
 
 @task(cache_policy=NO_CACHE)
@@ -139,7 +153,7 @@ def check_drift(
     logger = get_run_logger()
     store = DataStore(stores.data_uri)
     for_drift, for_performance = scored_by(current, reference.model_version, config.monitoring.min_rows)
-    result, snapshot = drift_report(reference.frame, for_drift, config)
+    result, snapshot = drift_report(reference.frame, for_drift, config, null=reference.null)
     performance = performance_check(for_performance, config, reference.holdout_value) if len(current) else None
     result = dataclasses.replace(result, performance=performance)
     decision = decide_drift(result, config.monitoring, last_alert_at(store, config.name, config.model_name), as_of)

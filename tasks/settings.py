@@ -332,21 +332,33 @@ class GateConfig(Strict):
 
 
 class MonitoringConfig(Strict):
-    """Drift policy: effect sizes and measured performance, never p-values alone.
+    """Drift policy: effect sizes judged against the data's own noise, and measured performance.
 
-    Large windows make every p-value tiny, so a column counts as drifted when its distance
-    (Wasserstein for numbers, Jensen-Shannon for categories, both normalised to [0, 1]) exceeds
-    `column_threshold`; the data has drifted when the share of drifted features reaches
-    `drifted_share`, or the prediction drifts past `prediction_threshold`, or, once labels have
-    arrived, the primary metric fell by more than `max_performance_drop` below the holdout value
-    recorded at training. Fewer than `min_rows` rows is "insufficient data", never "no drift".
+    Large windows make every p-value tiny, so a column is judged by its distance (Wasserstein
+    normed by the reference's spread for numbers, Jensen-Shannon for categories). What distance is
+    "large" comes from the data: at training, tasks/drift_null.py resamples the reference window
+    into pseudo-windows of `window_days` and stores each statistic's null with the model, so a
+    feature drifts when its distance (or its null rate, or its share of unseen categories) passes
+    what chance gives at that size, and feature drift needs as many drifted features as chance
+    reaches in at most its share of `false_alarm_rate`. `column_threshold`, `drifted_share` and
+    `prediction_threshold` override the calibration with fixed numbers where a user sets them.
+    Once labels have arrived, the primary metric falling by more than `max_performance_drop` below
+    the holdout value recorded at training is a signal too. Fewer than `min_rows` rows is
+    "insufficient data", never "no drift".
     """
 
     window_days: int = Field(7, ge=1, le=366, description="recent window of the inference log to check")
     min_rows: int = Field(500, ge=1)
-    column_threshold: float = Field(0.1, gt=0.0, le=1.0)
-    drifted_share: float = Field(0.3, gt=0.0, le=1.0)
-    prediction_threshold: float = Field(0.1, gt=0.0, le=1.0)
+    false_alarm_rate: float = Field(
+        0.05, gt=0.0, lt=0.5, description="chance that a check of unchanged data alarms (features, prediction, label)"
+    )
+    null_draws: int = Field(400, ge=50, le=10_000, description="resampled pseudo-windows per statistic's null")
+    min_rate_change: float = Field(
+        0.01, ge=0.0, le=1.0, description="smallest null-rate change or unseen-category share that can flag"
+    )
+    column_threshold: float | None = Field(None, gt=0.0, le=1.0, description="fixed distance; None = calibrated")
+    drifted_share: float | None = Field(None, gt=0.0, le=1.0, description="fixed share rule; None = calibrated")
+    prediction_threshold: float | None = Field(None, gt=0.0, le=1.0, description="fixed; None = calibrated")
     max_performance_drop: float = Field(0.03, ge=0.0, le=1e6, description="in metric units")
     min_labelled_rows: int = Field(500, ge=1)
     cooldown_hours: float = Field(24.0, ge=0.0, le=24 * 366, description="no second alert within this time")

@@ -33,6 +33,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.artifacts import SKOPS_TRUSTED_TYPES, TAG_MODEL_SHA256, hash_tags
+from tasks.drift_null import NULL_ARTIFACT, calibrate
 from tasks.faults import AFTER_LOG_MODEL, failpoint
 from tasks.inference_log import CONFIDENCE, PREDICTION
 from tasks.ingest import LandedBatch
@@ -151,7 +152,9 @@ def train(
                 "training_cpu_seconds": round(tuning.cpu_seconds + fit_cpu, 2),
             }
         )
-        _log_frame(reference_sample(config, pipeline, fit_frame, splits.holdout), "reference/reference.parquet")
+        reference = reference_sample(config, pipeline, fit_frame, splits.holdout)
+        _log_frame(reference, "reference/reference.parquet")
+        mlflow.log_dict(calibrate(reference, config).to_dict(), NULL_ARTIFACT)  # drift thresholds from its noise
 
         info = log_pipeline(config, pipeline, features, "model")
         hashes = hash_tags(info.model_uri)  # read back from the store: what was really written

@@ -255,6 +255,7 @@ def test_to_dict_is_strict_json_and_metrics_are_flat_floats():
         "score": 0.5,
         "threshold": 0.1,
         "drifted": True,
+        "quality": [],
     }
     assert data["performance"]["drop"] is None
     metrics = res.metrics()
@@ -273,11 +274,11 @@ def test_summary_markdown_shows_decision_drifted_columns_and_link():
     text = summary_markdown(res, decision, "file:///tmp/r.html", "Drift check: flights")
     assert text.startswith("# Drift check: flights")
     assert "**DRIFT: retraining triggered**" in text
-    assert "| f0 | wasserstein | 0.5000 | 0.10 | yes |" in text
-    assert "| f1 | wasserstein | 0.0100 | 0.10 | no |" in text
+    assert "| f0 | wasserstein | 0.5000 | 0.100 | 5.00 | yes |  |" in text
+    assert "| f1 | wasserstein | 0.0100 | 0.100 | 0.10 | no |  |" in text
     assert text.index("| f0 ") < text.index("| f2 ") < text.index("| f1 ")  # ranked by score
     assert "[file:///tmp/r.html](file:///tmp/r.html)" in text
-    assert "Prediction drift: wasserstein 0.0200" in text
+    assert "Prediction drift: wasserstein 0.020 (0.2x the threshold 0.100), stable." in text
     assert "roc_auc 0.7900" in text
     for reason in decision.reasons:
         assert f"- {reason}" in text
@@ -295,9 +296,9 @@ def test_summary_markdown_without_report_or_columns():
 def test_monitoring_defaults():
     policy = MonitoringConfig.model_validate({})
     assert policy.min_rows == 500
-    assert policy.column_threshold == 0.1
-    assert policy.drifted_share == 0.3
-    assert policy.prediction_threshold == 0.1
+    # no distance is fixed: each model's thresholds come from its own reference (tasks/drift_null.py)
+    assert (policy.column_threshold, policy.drifted_share, policy.prediction_threshold) == (None, None, None)
+    assert (policy.false_alarm_rate, policy.null_draws, policy.min_rate_change) == (0.05, 400, 0.01)
     assert policy.max_performance_drop == 0.03
     assert policy.cooldown_hours == 24.0
 
@@ -309,6 +310,9 @@ def test_monitoring_defaults():
         {"drifted_share": 1.1},
         {"column_threshold": 0},
         {"prediction_threshold": 1.5},
+        {"false_alarm_rate": 0},
+        {"false_alarm_rate": 0.5},
+        {"null_draws": 10},
         {"min_rows": 0},
         {"cooldown_hours": -1},
         {"max_performance_drop": -0.01},

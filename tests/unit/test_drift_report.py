@@ -23,7 +23,13 @@ from tasks.settings import TrainingConfig
 from tasks.stores import DataStore
 
 ROWS = 2000
-MONITORING = {"min_rows": 200, "column_threshold": 0.1, "prediction_threshold": 0.2, "min_labelled_rows": 300}
+MONITORING = {
+    "min_rows": 200,
+    "column_threshold": 0.1,
+    "drifted_share": 0.3,
+    "prediction_threshold": 0.2,
+    "min_labelled_rows": 300,
+}
 
 
 def frame(

@@ -16,7 +16,13 @@ from tasks.score import score_frame
 from tasks.settings import TrainingConfig
 from tasks.train import reference_sample
 
-MONITORING = {"min_rows": 200, "column_threshold": 0.1, "prediction_threshold": 0.2, "min_labelled_rows": 200}
+MONITORING = {
+    "min_rows": 200,
+    "column_threshold": 0.1,
+    "drifted_share": 0.3,
+    "prediction_threshold": 0.2,
+    "min_labelled_rows": 200,
+}
 
 
 @pytest.mark.parametrize("task", ["binary", "multiclass"])
