@@ -78,7 +78,7 @@ def replay(config: TrainingConfig, periods: int | None = None) -> ReplaySummary:
             drift_share=outcome.result.drifted_share if outcome.result else float("nan"),
             retrain_started=bool(outcome.event_id), promoted=None,
             why="no rows in this period" if not data.period_rows[index] else "; ".join(outcome.decision.reasons),
-            event_to_start_seconds=None,
+            event_to_start_seconds=None, signals=", ".join(outcome.decision.fired) or "-",
         )  # fmt: skip
         if outcome.event_id and outcome.event_at:
             reason = f"drift event {outcome.event_id}"

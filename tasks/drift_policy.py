@@ -14,6 +14,13 @@ from tasks.drift import ColumnDrift, DriftResult, beyond_chance, drifted_share, 
 from tasks.settings import MonitoringConfig
 
 DriftStatus = Literal["drift", "no_drift", "insufficient_data", "cooldown"]
+# a signal's sentence starts with its label (see `_signals`); the decision names it by the key here
+SIGNAL_NAMES = {
+    "feature drift": "features",
+    "prediction drift": "prediction",
+    "label drift": "label",
+    "performance drop": "performance",
+}
 
 
 @dataclass(frozen=True)
@@ -23,6 +30,7 @@ class DriftDecision:
     status: DriftStatus
     retrain: bool
     reasons: list[str]
+    fired: tuple[str, ...] = ()  # the signals that fired, by name: features, prediction, label, performance
 
 
 def require_aware(moment: datetime, name: str) -> datetime:
@@ -59,14 +67,15 @@ def decide_drift(
             reasons=[f"insufficient data: {result.rows_current} current rows, at least {policy.min_rows} needed"],
         )
     signals, notes = _signals(result, policy)
+    fired = tuple(SIGNAL_NAMES[s.split(":", 1)[0]] for s in signals)
     if not signals:
         return DriftDecision("no_drift", retrain=False, reasons=notes)
     if last_alert_at is not None and policy.cooldown_hours > 0:
         ends = last_alert_at + timedelta(hours=policy.cooldown_hours)
         if as_of < ends:
             cooldown = f"cool-down: last alert at {last_alert_at.isoformat()}, no retraining before {ends.isoformat()}"
-            return DriftDecision("cooldown", retrain=False, reasons=[*signals, cooldown])
-    return DriftDecision("drift", retrain=True, reasons=signals)
+            return DriftDecision("cooldown", retrain=False, reasons=[*signals, cooldown], fired=fired)
+    return DriftDecision("drift", retrain=True, reasons=signals, fired=fired)
 
 
 def _signals(result: DriftResult, policy: MonitoringConfig) -> tuple[list[str], list[str]]:

@@ -58,6 +58,7 @@ class PeriodRow:
     why: str
     event_to_start_seconds: float | None
     retrain_cpu_seconds: float | None = None
+    signals: str = "-"  # which drift signals fired (the decision's `fired`)
 
 
 @dataclass(frozen=True)

@@ -28,15 +28,16 @@ def _number(value: float | None, digits: int = 4) -> str:
 
 def table_markdown(rows: list[PeriodRow], metric: str) -> str:
     head = (
-        f"| period | champion | rows | {metric} loop | static | always retrain | drift | drift share "
+        f"| period | champion | rows | {metric} loop | static | always retrain | drift | signals | drift share "
         "| retrain started | promoted | why | event to run start (s) | retrain CPU (s) |"
     )
-    lines = [head, "|" + " --- |" * 13]
+    lines = [head, "|" + " --- |" * 14]
     for r in rows:
         promoted = "-" if r.promoted is None else ("yes" if r.promoted else "no")
         lines.append(
             f"| {r.period} | v{r.champion_version} | {r.rows} | {_number(r.loop)} | {_number(r.static)} "
-            f"| {_number(r.always)} | {r.drift} | {_number(r.drift_share, 2)} | {'yes' if r.retrain_started else 'no'} "
+            f"| {_number(r.always)} | {r.drift} | {r.signals} | {_number(r.drift_share, 2)} "
+            f"| {'yes' if r.retrain_started else 'no'} "
             f"| {promoted} | {r.why[:90]} | {_number(r.event_to_start_seconds, 1)} "
             f"| {_number(r.retrain_cpu_seconds, 1)} |"
         )

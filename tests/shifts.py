@@ -10,7 +10,8 @@ from tasks.settings import TimeWindow, TrainingConfig
 
 def february_moved_to_june_with_summer_weather(config: TrainingConfig) -> pd.DataFrame:
     """February's flights, unlabelled, moved 120 days on, with six of the weather columns shifted
-    far past `column_threshold`: over a third of the features drift, which no policy may miss."""
+    far past what the model's null allows: the temperature alone is several times its calibrated
+    threshold, which no policy may miss."""
     frame = without_labels(config, load_bundled(config, TimeWindow(start="2013-02-01", end="2013-03-01")))
     frame["time_hour"] = frame["time_hour"] + pd.Timedelta(days=120)
     frame["temp"] += 35

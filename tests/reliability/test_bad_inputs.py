@@ -33,7 +33,7 @@ from prefect.testing.utilities import prefect_test_harness
 from flows.monitoring import monitoring
 from flows.scoring import scoring
 from flows.training import training
-from tasks.drift import ALL_NULL_METHOD
+from tasks.drift import ALL_NULL_METHOD, is_drifted
 from tasks.inference_log import InferenceLog
 from tasks.ingest import BatchReadError, parse_batch
 from tasks.promote import Decision
@@ -439,10 +439,13 @@ def test_monitoring_reads_empty_columns_without_crashing(
         empty = {c.column: c for c in outcome.result.columns if c.method == ALL_NULL_METHOD}
         assert set(empty) >= set(EMPTIED), outcome.result.columns
         assert all(c.drifted and c.score == 1.0 for c in empty.values())
-        share = sum(c.drifted for c in outcome.result.columns) / len(outcome.result.columns)
-        prediction = outcome.result.prediction is not None and outcome.result.prediction.drifted
-        assert outcome.result.performance is None  # no labels were logged: quality is not a signal here
-        implied = "drift" if share >= config.monitoring.drifted_share or prediction else "no_drift"
+        result = outcome.result
+        drifted = [c for c in result.columns if is_drifted(c)]
+        alone = any(np.isfinite(c.score) and c.score >= result.alone_ratio * c.threshold for c in drifted)
+        prediction = result.prediction is not None and result.prediction.drifted
+        assert result.performance is None  # no labels were logged: quality is not a signal here
+        assert result.min_drifted is not None  # the model's calibrated share rule was applied
+        implied = "drift" if len(drifted) >= result.min_drifted or alone or prediction else "no_drift"
         assert outcome.status == implied, outcome.decision.reasons
     else:
         assert outcome.status == "insufficient_data"

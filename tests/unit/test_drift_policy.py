@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -143,6 +144,31 @@ def test_all_signals_are_gathered_at_once():
     decision = decide_drift(result([0.9, 0.8, 0.7, 0.0], prediction=0.4, drop=0.1), POLICY, None, NOW)
     assert decision.status == "drift"
     assert [r.split(":")[0] for r in decision.reasons] == ["feature drift", "prediction drift", "performance drop"]
+    assert decision.fired == ("features", "prediction", "performance")
+
+
+def test_a_calibrated_result_brings_its_own_rules_one_feature_far_past_chance_drifts_alone():
+    """min_drifted and alone_ratio in the result win over the policy's share (they came from the null)."""
+    one = dataclasses.replace(result([0.25, 0.0, 0.0, 0.0]), min_drifted=3, alone_ratio=2.0)
+    decision = decide_drift(one, POLICY, None, NOW)
+    assert decision.status == "drift"
+    assert decision.fired == ("features",)
+    assert "f0 0.250 (2.5x the threshold 0.100), past 2.0x its threshold" in decision.reasons[0]
+    near = dataclasses.replace(one, columns=[col("f0", 0.19), *one.columns[1:]])
+    assert decide_drift(near, POLICY, None, NOW).status == "no_drift"  # 1.9x: one of three needed
+    two = dataclasses.replace(near, columns=[col("f0", 0.19), col("f1", 0.15), col("f2", 0.12), col("f3", 0.0)])
+    assert decide_drift(two, POLICY, None, NOW).reasons[0].startswith("feature drift: 3/4 features drifted")
+    flagged = dataclasses.replace(
+        near,
+        columns=[
+            *near.columns[:3],
+            dataclasses.replace(col("f3", 0.0), quality=("null rate changed by 0.300 >= 0.020",)),
+        ],
+    )
+    assert (
+        "f3 (null rate changed by 0.300 >= 0.020)"
+        in decide_drift(dataclasses.replace(flagged, min_drifted=2), POLICY, None, NOW).reasons[0]
+    )
 
 
 @pytest.mark.parametrize("rows", [0, POLICY.min_rows - 1])

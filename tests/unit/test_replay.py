@@ -25,7 +25,20 @@ def rows() -> list[PeriodRow]:
     return [
         PeriodRow("2013-03-01..2013-04-01", "1", 100, 0.68, 0.68, 0.71, "no_drift", 0.24, False, None, "calm", None),
         PeriodRow(
-            "2013-04-01..2013-05-01", "1", 100, 0.62, 0.62, 0.65, "drift", 0.35, True, True, "better", 10.3, 30.0
+            "2013-04-01..2013-05-01",
+            "1",
+            100,
+            0.62,
+            0.62,
+            0.65,
+            "drift",
+            0.35,
+            True,
+            True,
+            "better",
+            10.3,
+            30.0,
+            signals="features, label",
         ),
         PeriodRow("2013-05-01..2013-06-01", "2", 100, 0.66, 0.60, 0.64, "drift", 0.31, True, False, "worse", 9.1, 28.0),
         PeriodRow(
@@ -98,7 +111,10 @@ def test_the_period_table_has_a_row_per_period_with_the_decision_and_its_cost() 
 
     lines = table.strip().splitlines()
     assert len(lines) == 6
-    assert "| 2013-04-01..2013-05-01 | v1 | 100 | 0.6200 | 0.6200 | 0.6500 | drift | 0.35 | yes | yes |" in lines[3]
+    assert (
+        "| 2013-04-01..2013-05-01 | v1 | 100 | 0.6200 | 0.6200 | 0.6500 | drift | features, label | 0.35 | yes | yes |"
+        in lines[3]
+    )
     assert lines[3].endswith("| 10.3 | 30.0 |")
     assert "| 2013-06-01..2013-07-01 | v- | 0 | - | - | - | insufficient_data |" in lines[5]
 
