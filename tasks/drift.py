@@ -480,27 +480,36 @@ def performance_check(
     """The gate metric on rows that have both a label and a prediction, against the holdout value.
 
     None when labels (or predictions) are missing or fewer than `monitoring.min_labelled_rows`:
-    a metric on a handful of rows is noise. Predictions: P(positive) for binary, the predicted
-    label for multiclass (so log_loss, which needs probabilities, is NaN), a number for regression.
+    a metric on a handful of rows is noise. Predictions: P(positive) for binary, a number for
+    regression; for multiclass the class probabilities the log keeps (so log loss is measured
+    too), or the predicted label where a row was logged without them.
     """
     if config.target not in current.columns or prediction_column not in current.columns:
         return None
     labelled = current[current[config.target].notna() & current[prediction_column].notna()]
     if len(labelled) < config.monitoring.min_labelled_rows:
         return None
+    from tasks.inference_log import PROBABILITIES  # pandera: only when labels arrive
+
     metric = config.gate.metric
-    value = gate_metric(config, labelled[config.target], labelled[prediction_column])
+    probabilities = labelled[PROBABILITIES] if PROBABILITIES in labelled.columns else None
+    value = gate_metric(config, labelled[config.target], labelled[prediction_column], probabilities)
     higher = METRIC_DIRECTIONS[config.task][metric]
     drop = reference_value - value if higher else value - reference_value
     return PerformanceCheck(metric, float(reference_value), value, float(drop), len(labelled))
 
 
-def gate_metric(config: TrainingConfig, y_true: pd.Series, predicted: pd.Series) -> float:
-    """The gate metric of logged predictions (multiclass: labels, so label-based metrics only)."""
+def gate_metric(
+    config: TrainingConfig, y_true: pd.Series, predicted: pd.Series, probabilities: pd.Series | None = None
+) -> float:
+    """The gate metric of logged predictions; multiclass from the class probabilities when every row has them."""
     from tasks.model import compute_metrics, multiclass_label_metrics  # sklearn: only when labels arrive
 
     metric = config.gate.metric
     if config.task == "multiclass":
+        if probabilities is not None and probabilities.notna().all():
+            matrix, classes = probability_matrix(probabilities)
+            return float(compute_metrics("multiclass", y_true.astype(str).to_numpy(), matrix, classes)[metric])
         labels = multiclass_label_metrics(y_true.astype(str).to_numpy(), predicted.astype(str).to_numpy())
         return labels.get(metric, math.nan)
     if config.task == "binary":
@@ -508,3 +517,16 @@ def gate_metric(config: TrainingConfig, y_true: pd.Series, predicted: pd.Series)
         return float(compute_metrics("binary", y_binary, predicted.astype(float).to_numpy())[metric])
     y_float = y_true.astype(float).to_numpy()
     return float(compute_metrics("regression", y_float, predicted.astype(float).to_numpy())[metric])
+
+
+def probability_matrix(probabilities: pd.Series) -> tuple[np.ndarray, list[str]]:
+    """JSON objects of class -> probability, one per row, as a matrix over every class any row names.
+
+    A class a row does not name (a version that never saw it) has probability 0 in that row.
+    """
+    import json
+
+    rows = [json.loads(text) for text in probabilities]
+    classes = sorted({name for row in rows for name in row})
+    matrix = np.array([[float(row.get(name, 0.0)) for name in classes] for row in rows], dtype=float)
+    return matrix, classes

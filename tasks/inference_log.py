@@ -30,6 +30,7 @@ from tasks.stores import DataStore
 
 PREDICTION = "prediction"
 CONFIDENCE = "prediction_confidence"
+PROBABILITIES = "prediction_probabilities"  # multiclass: {"class": P(class), ...} as JSON text per row
 BATCH_ID = "batch_id"
 SCORED_AT = "scored_at"
 MODEL_NAME = "model_name"
@@ -58,7 +59,7 @@ def record_columns(config: TrainingConfig) -> list[str]:
 
 
 def prediction_columns(config: TrainingConfig) -> list[str]:
-    return [PREDICTION, CONFIDENCE] if config.task == "multiclass" else [PREDICTION]
+    return [PREDICTION, CONFIDENCE, PROBABILITIES] if config.task == "multiclass" else [PREDICTION]
 
 
 def log_columns(config: TrainingConfig) -> list[str]:
@@ -73,7 +74,8 @@ def log_schema(config: TrainingConfig) -> pa.DataFrameSchema:
     (numbers coerced to float, categories str, nulls allowed). Row-key columns that are neither
     the timestamp nor a feature keep whatever dtype the batch has, but must be non-null.
     Predictions: P(positive) in [0, 1] for binary, a finite number for regression, a class label
-    plus its probability in [0, 1] for multiclass.
+    plus its probability in [0, 1] for multiclass, and every class's probability as a JSON object
+    (missing in rows logged by a writer that did not have them).
     """
     finite = pa.Check(lambda s: ~np.isinf(s), ignore_na=True, name="finite")
     unit = [pa.Check.in_range(0.0, 1.0), finite]
@@ -97,6 +99,7 @@ def log_schema(config: TrainingConfig) -> pa.DataFrameSchema:
     else:
         columns[PREDICTION] = pa.Column(str, nullable=False, checks=_nonempty(PREDICTION))
         columns[CONFIDENCE] = pa.Column(float, coerce=True, nullable=False, checks=unit)
+        columns[PROBABILITIES] = pa.Column(str, nullable=True, checks=pa.Check.str_startswith("{"))
     return pa.DataFrameSchema(columns, strict=True, name=f"{config.name}-inference-log")
 
 
@@ -187,6 +190,7 @@ class InferenceLog:
         model_version: str,
         scored_at: datetime | pd.Timestamp,
         confidence: pd.Series | np.ndarray | None = None,
+        probabilities: pd.Series | None = None,
     ) -> str:
         """Write the scored batch as its own partition, replacing any earlier write of `batch_id`.
 
@@ -205,8 +209,10 @@ class InferenceLog:
                 raise ValueError("a multiclass log needs the prediction confidence")
             if len(confidence) != len(frame):
                 raise ValueError(f"{len(confidence)} confidences for {len(frame)} rows")
-        elif confidence is not None:
-            raise ValueError(f"confidence is only logged for multiclass, not {config.task}")
+            if probabilities is not None and len(probabilities) != len(frame):
+                raise ValueError(f"{len(probabilities)} class probabilities for {len(frame)} rows")
+        elif confidence is not None or probabilities is not None:
+            raise ValueError(f"confidence and class probabilities are only logged for multiclass, not {config.task}")
         missing = [c for c in record_columns(config) if c not in frame.columns]
         if missing:
             raise ValueError(f"{config.name}: the scored frame lacks columns {missing}")
@@ -224,6 +230,11 @@ class InferenceLog:
         scored: dict[str, Any] = {PREDICTION: np.asarray(predictions)}
         if confidence is not None:
             scored[CONFIDENCE] = np.asarray(confidence)
+            scored[PROBABILITIES] = (
+                np.asarray(probabilities, dtype=object)
+                if probabilities is not None
+                else np.full(rows, None, dtype=object)
+            )
         entry = pd.concat([meta, record, pd.DataFrame(scored)], axis=1)[log_columns(config)]
         entry = log_schema(config).validate(entry, lazy=True)
         # the partition folder names the batch (hive style); the file holds the rest
@@ -310,6 +321,7 @@ class InferenceLog:
         dtypes[PREDICTION] = "object" if config.task == "multiclass" else "float64"
         if config.task == "multiclass":
             dtypes[CONFIDENCE] = "float64"
+            dtypes[PROBABILITIES] = "object"
         dtypes[config.target] = _target_dtype(config)
         return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in dtypes.items()})
 

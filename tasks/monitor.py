@@ -30,7 +30,7 @@ from tasks.drift import DriftResult, drift_report, performance_check
 from tasks.drift_null import NULL_ARTIFACT, NullThresholds, calibrate
 from tasks.drift_policy import DriftDecision, decide_drift
 from tasks.drift_summary import save_report_html, summary_markdown
-from tasks.inference_log import CONFIDENCE, MODEL_VERSION, PREDICTION, InferenceLog
+from tasks.inference_log import CONFIDENCE, MODEL_VERSION, PREDICTION, PROBABILITIES, InferenceLog
 from tasks.notify import artifact_key, emit_drift_event, notify_people
 from tasks.registry import TAG_FLOW_RUN, VersionRef, ensure_experiment
 from tasks.settings import TimeWindow, TrainingConfig
@@ -95,7 +95,7 @@ def scored_by(current: pd.DataFrame, model_version: str, min_rows: int) -> tuple
         return current, current
     others = current[MODEL_VERSION].astype(str) != str(model_version)
     own = current.copy()
-    prediction_columns = [c for c in (PREDICTION, CONFIDENCE) if c in own.columns]
+    prediction_columns = [c for c in (PREDICTION, CONFIDENCE, PROBABILITIES) if c in own.columns]
     for column in prediction_columns:
         own[column] = own[column].where(~others)
     if int((~others).sum()) < min_rows:

@@ -7,6 +7,7 @@ recorded by `record_labels`; the inference log joins them on the row key when it
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.artifacts import load_version
-from tasks.inference_log import CONFIDENCE, PREDICTION, InferenceLog
+from tasks.inference_log import CONFIDENCE, PREDICTION, PROBABILITIES, InferenceLog
 from tasks.model import model_classes, predict_scores
 from tasks.registry import VersionRef
 from tasks.settings import TimeWindow, TrainingConfig
@@ -50,13 +51,25 @@ def score_frame(model: Any, features: pd.DataFrame, config: TrainingConfig) -> t
     class (str) and its probability, the largest class probability. Columns other than the
     config's features are ignored. Pure: the model is only asked to predict.
     """
+    prediction, confidence, _ = scored_frame(model, features, config)
+    return prediction, confidence
+
+
+def scored_frame(
+    model: Any, features: pd.DataFrame, config: TrainingConfig
+) -> tuple[pd.Series, pd.Series | None, pd.Series | None]:
+    """`score_frame` and, for multiclass, every class's probability as one JSON object per row.
+
+    The inference log keeps them so that log loss can be measured once labels arrive; one JSON
+    column (not a column per class) keeps the log's schema the same whichever classes a version knows.
+    """
     missing = [c for c in config.features.all if c not in features.columns]
     if missing:
         raise ValueError(f"{config.name}: cannot score, features missing: {missing}")
     x = features[config.features.all]
     if config.task != "multiclass":
         values = predict_scores(model, x, config.task) if len(x) else np.empty(0)
-        return pd.Series(values, index=features.index, name=PREDICTION, dtype="float64"), None
+        return pd.Series(values, index=features.index, name=PREDICTION, dtype="float64"), None, None
     classes = model_classes(model)
     if classes is None:
         raise ValueError("a multiclass model must expose classes_")
@@ -64,12 +77,20 @@ def score_frame(model: Any, features: pd.DataFrame, config: TrainingConfig) -> t
         return (
             pd.Series([], index=features.index, name=PREDICTION, dtype="object"),
             pd.Series([], index=features.index, name=CONFIDENCE, dtype="float64"),
+            pd.Series([], index=features.index, name=PROBABILITIES, dtype="object"),
         )
     proba = predict_scores(model, x, "multiclass")
+    names = [str(c) for c in np.asarray(classes, dtype=object)]
     best = np.argmax(proba, axis=1)
-    labels = pd.Series([str(c) for c in np.asarray(classes, dtype=object)[best]], index=features.index, name=PREDICTION)
+    labels = pd.Series(np.asarray(names, dtype=object)[best], index=features.index, name=PREDICTION)
     confidence = pd.Series(proba.max(axis=1), index=features.index, name=CONFIDENCE, dtype="float64")
-    return labels, confidence
+    probabilities = pd.Series(
+        [json.dumps(dict(zip(names, map(float, row), strict=True))) for row in proba],
+        index=features.index,
+        name=PROBABILITIES,
+        dtype="object",
+    )
+    return labels, confidence, probabilities
 
 
 @task(cache_policy=NO_CACHE)
@@ -90,7 +111,7 @@ def score(
         raise ValueError(f"champion {champion.uri} is not a version of this config's model {config.model_name!r}")
     logger = get_run_logger()
     model = load_version(champion.name, champion.version)
-    predictions, confidence = score_frame(model, frame, config)
+    predictions, confidence, probabilities = scored_frame(model, frame, config)
     scored_at = datetime.now(UTC)
     path = InferenceLog(DataStore(stores.data_uri), config).append(
         frame,
@@ -100,6 +121,7 @@ def score(
         model_version=champion.version,
         scored_at=scored_at,
         confidence=confidence,
+        probabilities=probabilities,
     )
     logger.info("scored %d rows of batch %s with %s; logged to %s", len(frame), batch_id, champion.uri, path)
     return ScoringResult(

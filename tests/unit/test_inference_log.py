@@ -7,6 +7,7 @@ shapes and for the pure label join.
 
 from __future__ import annotations
 
+import math
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from pandera.errors import SchemaErrors
 from tasks.inference_log import (
     CONFIDENCE,
     PREDICTION,
+    PROBABILITIES,
     InferenceLog,
     join_labels,
     log_columns,
@@ -361,13 +363,47 @@ def test_multiclass_logs_the_label_and_its_confidence(tmp_path, make_config, mak
     log.record_labels(frame[["ts", "y"]].head(10), "labels")
 
     back = log.read()
-    assert list(back.columns[-3:]) == [PREDICTION, CONFIDENCE, "y"]
+    assert list(back.columns[-4:]) == [PREDICTION, CONFIDENCE, PROBABILITIES, "y"]
+    assert back[PROBABILITIES].isna().all()  # a writer without class probabilities: unknown, not invented
     assert back[PREDICTION].tolist() == labels.tolist()
     np.testing.assert_allclose(back[CONFIDENCE], confidence)
     assert back["y"].tolist()[:10] == frame["y"].head(10).tolist()
     assert back["y"].iloc[10:].isna().all()
     assert "after" not in back.columns  # only timestamp, key, features and predictions are logged
     assert set(log_schema(config).columns) == set(back.columns) - {"y"}
+
+
+def test_multiclass_class_probabilities_reach_the_log_and_make_log_loss_measurable(tmp_path, make_config, make_frame):
+    """Scored through `scored_frame`, logged, labelled, read back: log loss equals sklearn's on the model."""
+    from sklearn.metrics import log_loss
+
+    from tasks.drift import performance_check
+    from tasks.model import build_pipeline, features_and_target
+    from tasks.score import scored_frame
+
+    config = make_config(
+        "multiclass",
+        validation={"unique_key": ["ts"]},
+        gate={"metric": "log_loss"},
+        monitoring={"min_labelled_rows": 50},
+    )
+    frame = make_frame("multiclass", rows=300)
+    model = build_pipeline(config, {"max_iter": 10}).fit(*features_and_target(config, frame))
+    labels, confidence, probabilities = scored_frame(model, frame, config)
+    log = InferenceLog(DataStore((tmp_path / "d").as_uri()), config)
+    with pytest.raises(ValueError, match="class probabilities for"):
+        log.append(frame, labels, "b1", "m", "1", SCORED_AT, confidence=confidence, probabilities=probabilities[:-1])
+    log.append(frame, labels, "b1", "m", "1", SCORED_AT, confidence=confidence, probabilities=probabilities)
+    log.record_labels(frame[["ts", "y"]], "labels")
+
+    back = log.read()
+    expected = log_loss(frame["y"], model.predict_proba(frame[config.features.all]), labels=model.classes_)
+    check = performance_check(back, config, reference_value=0.5)
+    assert check is not None
+    assert check.current_value == pytest.approx(expected, rel=1e-9)
+    assert check.drop == pytest.approx(expected - 0.5)  # lower is better: a rise is a positive drop
+    stripped = back.assign(**{PROBABILITIES: None})  # rows from before probabilities were logged
+    assert math.isnan(performance_check(stripped, config, reference_value=0.5).current_value)
 
 
 def test_regression_logs_finite_values_and_refuses_inf(tmp_path, make_config, make_frame):
