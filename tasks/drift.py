@@ -71,6 +71,9 @@ class PerformanceCheck:
     """The primary metric on labelled current rows against its holdout value at training.
 
     `drop` is signed so that positive always means worse, whichever way the metric points.
+    `drop_low` is the one-sided lower confidence bound of the drop (a day-block bootstrap of the
+    labelled rows, at the performance signal's share of `false_alarm_rate`): the drop is beyond
+    noise only when even this bound passes the allowance. NaN where it could not be measured.
     """
 
     metric: str
@@ -78,6 +81,7 @@ class PerformanceCheck:
     current_value: float
     drop: float
     labelled_rows: int
+    drop_low: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -482,7 +486,8 @@ def performance_check(
     None when labels (or predictions) are missing or fewer than `monitoring.min_labelled_rows`:
     a metric on a handful of rows is noise. Predictions: P(positive) for binary, a number for
     regression; for multiclass the class probabilities the log keeps (so log loss is measured
-    too), or the predicted label where a row was logged without them.
+    too), or the predicted label where a row was logged without them. The drop's lower bound
+    resamples whole days of the labelled rows (`null_draws` times), as the drift null does.
     """
     if config.target not in current.columns or prediction_column not in current.columns:
         return None
@@ -491,12 +496,28 @@ def performance_check(
         return None
     from tasks.inference_log import PROBABILITIES  # pandera: only when labels arrive
 
+    def metric_of(rows: pd.DataFrame) -> float:
+        probabilities = rows[PROBABILITIES] if PROBABILITIES in rows.columns else None
+        return gate_metric(config, rows[config.target], rows[prediction_column], probabilities)
+
     metric = config.gate.metric
-    probabilities = labelled[PROBABILITIES] if PROBABILITIES in labelled.columns else None
-    value = gate_metric(config, labelled[config.target], labelled[prediction_column], probabilities)
+    value = metric_of(labelled)
     higher = METRIC_DIRECTIONS[config.task][metric]
-    drop = reference_value - value if higher else value - reference_value
-    return PerformanceCheck(metric, float(reference_value), value, float(drop), len(labelled))
+    sign = 1.0 if higher else -1.0  # drop = sign * (reference - current): positive is worse
+    drop = sign * (reference_value - value)
+    drop_low = math.nan
+    if math.isfinite(drop) and config.timestamp in labelled.columns:
+        from tasks.drift_null import SIGNALS_DECIDED_HERE, DayBlocks
+
+        blocks = DayBlocks.of(labelled[config.timestamp])
+        rng = np.random.default_rng(config.tuning.seed + 2)
+        draws = np.array(
+            [metric_of(labelled.iloc[blocks.sample(rng, blocks.days)]) for _ in range(config.monitoring.null_draws)]
+        )
+        drops = sign * (reference_value - draws[np.isfinite(draws)])
+        if len(drops):
+            drop_low = float(np.quantile(drops, config.monitoring.false_alarm_rate / SIGNALS_DECIDED_HERE))
+    return PerformanceCheck(metric, float(reference_value), value, float(drop), len(labelled), drop_low)
 
 
 def gate_metric(

@@ -21,7 +21,8 @@ the reference never had. A feature is flagged when any of them reaches its thres
 (1 - false_alarm_rate) quantile of its null, or for the two rates also `min_rate_change`.
 
 One decision at a family-wise rate: the three signals a threshold decides here (feature drift,
-prediction drift, label drift) share `false_alarm_rate` equally (Bonferroni). Feature drift is
+prediction drift, label drift) and the performance drop's confidence bound share
+`false_alarm_rate` equally (Bonferroni). Feature drift is
 either of two rules, each with half of its share: `min_drifted` flagged features, the smallest
 count that the null pairs reach in at most that share of draws, which keeps the features'
 correlation (weather columns move together, where a binomial count would assume they do not); or
@@ -46,7 +47,9 @@ import pandas as pd
 from tasks.settings import TrainingConfig
 
 NULL_ARTIFACT = "reference/drift_null.json"  # where the training run stores its null, beside the reference
-SIGNALS_DECIDED_HERE = 3  # feature drift, prediction drift, label drift: they share the false-alarm rate
+# feature drift, prediction drift, label drift, and the performance drop's bound (tasks/drift.py):
+# the four signals share the false-alarm rate
+SIGNALS_DECIDED_HERE = 4
 MIN_STD = 0.001  # Evidently's floor for the Wasserstein norm
 MIN_DISTANCE = 1e-6  # a feature that never moved in the reference still needs a change to drift
 

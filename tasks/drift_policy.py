@@ -50,9 +50,11 @@ def decide_drift(
 
     1. Fewer than `min_rows` current rows: insufficient data, whatever the scores say.
     2. Signals: at least `result.min_drifted` drifted features (the calibrated count, or
-       `drifted_share` of the features where the config fixes it); the prediction or the label past
-       its threshold; performance drop > `max_performance_drop` (strictly: a drop equal to the
-       allowance is allowed). Drifted features are recounted with `is_drifted`, so a NaN score counts.
+       `drifted_share` of the features where the config fixes it), or one feature past
+       `alone_ratio` times its threshold; the prediction or the label past its threshold; a
+       performance drop whose lower confidence bound (the point drop where none was measured) is
+       > `max_performance_drop` (strictly: a drop equal to the allowance is allowed). Drifted
+       features are recounted with `is_drifted`, so a NaN score counts.
     3. No signal: no drift. Signals, but an alert less than `cooldown_hours` before `as_of`: cool-down
        (no retrain; the window is half-open, so at exactly its end a new alert goes through). An alert
        stamped after `as_of` (a backfilled check) also blocks. Otherwise: drift, retrain.
@@ -114,15 +116,19 @@ def _signals(result: DriftResult, policy: MonitoringConfig) -> tuple[list[str], 
 
     if (perf := result.performance) is not None:
         measured = f"{perf.metric} {perf.current_value:.4f} vs {perf.reference_value:.4f} at training"
+        allowance = policy.max_performance_drop
+        bound = f", at least {perf.drop_low:.4f} beyond noise" if math.isfinite(perf.drop_low) else ""
+        # beyond noise: the interval's lower bound passes the allowance (the point drop where no bound)
+        worse = perf.drop_low if math.isfinite(perf.drop_low) else perf.drop
         if not math.isfinite(perf.drop):
             notes.append(f"performance: not measurable ({measured}, {perf.labelled_rows} labelled rows)")
-        elif perf.drop > policy.max_performance_drop:
+        elif worse > allowance:
             signals.append(
-                f"performance drop: {measured}, worse by {perf.drop:.4f} > {policy.max_performance_drop:.4f} "
+                f"performance drop: {measured}, worse by {perf.drop:.4f}{bound} > {allowance:.4f} "
                 f"({perf.labelled_rows} labelled rows)"
             )
         else:
-            notes.append(f"performance: {measured}, drop {perf.drop:.4f} <= {policy.max_performance_drop:.4f}")
+            notes.append(f"performance: {measured}, drop {perf.drop:.4f}{bound}, allowance {allowance:.4f}")
     else:
         notes.append("performance: not enough labelled rows yet")
     return signals, notes

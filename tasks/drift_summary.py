@@ -53,7 +53,9 @@ def summary_markdown(
     if (perf := result.performance) is not None:
         lines.append(
             f"Performance: {perf.metric} {perf.current_value:.4f} on {perf.labelled_rows} labelled rows, "
-            f"{perf.reference_value:.4f} at training (drop {perf.drop:+.4f}, positive = worse)."
+            f"{perf.reference_value:.4f} at training (drop {perf.drop:+.4f}, positive = worse"
+            + (f"; lower confidence bound {perf.drop_low:+.4f}" if math.isfinite(perf.drop_low) else "")
+            + ")."
         )
     else:
         lines.append("Performance: not enough labelled rows yet.")

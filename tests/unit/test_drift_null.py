@@ -124,7 +124,7 @@ def test_the_share_rule_keeps_the_features_correlation(make_config):
         )
         needed[name] = calibrate(reference.assign(**columns), config).min_drifted
     assert needed["copies"] == 10
-    assert needed["independent"] <= 4  # binomial(10, 0.05): P(4 or more) = 0.001
+    assert needed["independent"] <= 5  # half of them (a binomial count would say 4 at this rate)
 
 
 def test_a_null_rate_jump_and_unseen_categories_flag_a_feature_whose_distance_cannot_see_them(config):
@@ -140,8 +140,10 @@ def test_a_null_rate_jump_and_unseen_categories_flag_a_feature_whose_distance_ca
     assert any("unseen categories in 0.250 of rows" in q for q in by_name["c1"].quality)
     assert by_name["x2"].quality == ()
     decision = decide_drift(result, config.monitoring, None, NOW)
-    assert decision.retrain is (null.min_drifted <= 2)
-    assert any("x1" in r and "null rate" in r for r in decision.reasons) or not decision.retrain
+    # c1's new category also moves its distance far past chance: drift, and the reason says why
+    assert decision.retrain
+    assert "c1" in decision.reasons[0]
+    assert "unseen categories" in decision.reasons[0]
 
 
 def test_label_drift_is_measured_on_labelled_rows_and_named_in_the_decision(config):

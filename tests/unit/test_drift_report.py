@@ -215,6 +215,37 @@ def test_performance_check_binary_on_labelled_rows_only(config):
     assert performance_check(labelled(600, noise=0.01, seed=5), config, reference_value=0.8).drop < 0
 
 
+def test_a_performance_drop_fires_only_when_its_lower_bound_passes_the_allowance(config):
+    """Over whole days of labelled rows: a small drop inside the noise is a note, a large one a signal."""
+    scored = labelled(1400, noise=0.45, seed=9)
+    scored["ts"] = pd.date_range("2024-03-01", periods=1400, freq="30min", tz="UTC")  # 29 days
+    auc = roc_auc_score(scored["y"], scored["prediction"])
+    allowance = config.monitoring.max_performance_drop
+    near = performance_check(scored, config, reference_value=auc + allowance + 0.005)
+    far = performance_check(scored, config, reference_value=auc + allowance + 0.15)
+    assert near is not None
+    assert far is not None
+    assert near.drop_low < near.drop  # the bound sits below the point drop
+    assert near.drop > allowance
+    assert near.drop_low < allowance  # 0.005 past the allowance is inside the noise of 1,400 rows
+    assert far.drop_low > allowance
+    decide = {
+        name: decide_drift(
+            drift.DriftResult(1400, 1400, [], 0.0, performance=check, min_drifted=1),
+            config.monitoring,
+            None,
+            datetime(2024, 4, 1, tzinfo=UTC),
+        )
+        for name, check in (("near", near), ("far", far))
+    }
+    assert decide["near"].fired == ()
+    assert decide["far"].fired == ("performance",)
+    assert "beyond noise" in decide["far"].reasons[0]
+    no_days = performance_check(scored.drop(columns="ts"), config, reference_value=auc + 0.1)
+    assert no_days is not None
+    assert math.isnan(no_days.drop_low)  # without timestamps: the point drop decides
+
+
 def test_performance_check_needs_enough_labels(config):
     current = labelled(299, noise=0.1, seed=6)  # min_labelled_rows is 300
     assert performance_check(current, config, reference_value=0.9) is None
