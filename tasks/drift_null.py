@@ -213,6 +213,12 @@ def calibrate(
     window = policy.window_days
     features = config.features.all
     numeric = set(config.features.numeric)
+    if config.timestamp not in reference.columns:
+        raise ValueError(
+            f"the reference sample has no timestamp column {config.timestamp!r}, so its days cannot be "
+            "resampled into a drift null; fix monitoring.column_threshold, drifted_share and "
+            "prediction_threshold to check this model without one"
+        )
     blocks = DayBlocks.of(reference[config.timestamp])
 
     encoded = {c: encode(reference[c], c in numeric) for c in features if c in reference.columns}

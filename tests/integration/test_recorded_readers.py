@@ -66,7 +66,14 @@ def test_decision_of_reads_the_version_its_reason_registered(client, config, tmp
 
 
 def test_load_reference_returns_the_logged_sample_and_the_holdout_metric(client, config, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    sample = pd.DataFrame({"x1": [1.0, 2.0], "c1": ["a", "b"], "prediction": [None, 0.3]})
+    sample = pd.DataFrame(
+        {
+            "ts": pd.to_datetime(["2024-01-01", "2024-01-02"], utc=True),
+            "x1": [1.0, 2.0],
+            "c1": ["a", "b"],
+            "prediction": [None, 0.3],
+        }
+    )
     path = tmp_path / "reference.parquet"
     sample.to_parquet(path, index=False)
     with mlflow.start_run() as run:
@@ -81,6 +88,8 @@ def test_load_reference_returns_the_logged_sample_and_the_holdout_metric(client,
 
     pd.testing.assert_frame_equal(reference.frame, sample)
     assert (reference.model_version, reference.run_id, reference.holdout_value) == ("4", run.info.run_id, 0.71)
+    # a run that stored no null (trained before calibration) gets one from its reference sample
+    assert (reference.null.reference_days, reference.null.window_days) == (2, config.monitoring.window_days)
 
 
 def test_a_drift_report_in_an_object_store_is_attached_to_its_monitoring_run(
@@ -90,6 +99,7 @@ def test_a_drift_report_in_an_object_store_is_attached_to_its_monitoring_run(
     from datetime import UTC, datetime
 
     from tasks.drift import drift_report
+    from tasks.drift_null import calibrate
     from tasks.drift_policy import DriftDecision
     from tasks.drift_summary import save_report_html
     from tasks.monitor import Reference, _log_to_mlflow
@@ -109,7 +119,7 @@ def test_a_drift_report_in_an_object_store_is_attached_to_its_monitoring_run(
     result, snapshot = drift_report(frame, frame, config)  # a real Evidently snapshot
     report_path = save_report_html(snapshot, DataStore(stores.data_uri), config.name, "drift-test")
     assert not Path(report_path).exists()  # nothing on the local disk to attach by path
-    reference = Reference(frame=pd.DataFrame(), model_version="1", run_id="r", holdout_value=0.7)
+    reference = Reference(frame=frame, model_version="1", run_id="r", holdout_value=0.7, null=calibrate(frame, config))
     decision = DriftDecision("no_drift", retrain=False, reasons=[])
     window = TimeWindow(start="2024-01-01", end="2024-01-08")
 

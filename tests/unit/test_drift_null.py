@@ -191,3 +191,5 @@ def test_the_null_round_trips_as_json_and_a_missing_one_is_calibrated_from_the_r
     recalibrated, _ = drift_report(reference, current, config, prediction_column="none")
     assert stored == recalibrated  # seeded: the same thresholds, the same result
     assert math.isfinite(null.min_drifted_share)
+    with pytest.raises(ValueError, match=r"no timestamp column 'ts'.*fix monitoring.column_threshold"):
+        calibrate(reference.drop(columns="ts"), config)
