@@ -143,8 +143,11 @@ def gain_intervals(
 ) -> dict[str, GainInterval]:
     """The paired bootstrap interval of the gain on `rows`: overall, and per slice the gate judges.
 
-    Seeded by the tuning seed, so the same comparison gives the same interval. Empty when the
-    config asks for no draws.
+    Overall at `gate.confidence`. The slices are many tests of one question ("did any slice
+    regress?"), so each is at the Bonferroni level 1 - (1 - confidence) / slices: with a dozen
+    carriers at 95% each, some carrier would block a sound challenger by chance alone in about
+    one comparison of three. Seeded by the tuning seed, so the same comparison gives the same
+    interval. Empty when the config asks for no draws.
     """
     draws = config.gate.bootstrap_draws
     if draws == 0 or rows.empty:
@@ -164,6 +167,8 @@ def gain_intervals(
             if len(index) >= config.gate.min_slice_rows:
                 groups[f"{column}={'<missing>' if pd.isna(value) else value}"] = np.asarray(index)
     rng = np.random.default_rng(config.tuning.seed)
+    slices = len(groups) - 1
+    slice_confidence = 1.0 - (1.0 - config.gate.confidence) / max(1, slices)
     return {
         name: paired_gain_interval(
             on(ours, classes[0]),
@@ -171,7 +176,7 @@ def gain_intervals(
             index,
             config.higher_is_better,
             draws,
-            config.gate.confidence,
+            config.gate.confidence if name == "overall" else slice_confidence,
             rng,
         )
         for name, index in groups.items()

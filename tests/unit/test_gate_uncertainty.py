@@ -127,6 +127,9 @@ def test_gain_intervals_cover_overall_and_every_judged_slice_reproducibly(
     assert set(gains) == {"overall", "c1=a", "c1=b", "c1=c"}
     assert gains == again  # seeded: the same comparison, the same interval
     assert gains["overall"].low > 0  # the stronger model is better beyond noise
+    # three slices asked one question: each at the family-wise level, so together at 95%
+    assert gains["overall"].confidence == config.gate.confidence
+    assert all(gains[s].confidence == pytest.approx(1 - 0.05 / 3) for s in ("c1=a", "c1=b", "c1=c"))
     assert (
         gain_intervals(
             config.model_copy(update={"gate": config.gate.model_copy(update={"bootstrap_draws": 0})}), rows, good, weak
