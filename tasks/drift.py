@@ -243,7 +243,7 @@ class Limits:
     def of(cls, config: TrainingConfig, null: NullThresholds | None) -> Limits:
         policy = config.monitoring
         features = config.features.all
-        if null is None and None in (policy.column_threshold, policy.drifted_share, policy.prediction_threshold):
+        if null is None and policy.needs_null:
             raise ValueError(
                 "drift thresholds: the model has no calibrated null and monitoring does not fix "
                 "column_threshold, drifted_share and prediction_threshold"
@@ -292,7 +292,7 @@ def drift_report(
     policy = config.monitoring
     if current.empty:
         return DriftResult(0, len(reference), [], math.nan), None
-    if null is None and None in (policy.column_threshold, policy.drifted_share, policy.prediction_threshold):
+    if null is None and policy.needs_null:
         from tasks.drift_null import calibrate
 
         null = calibrate(reference, config, prediction_column)

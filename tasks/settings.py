@@ -364,6 +364,11 @@ class MonitoringConfig(Strict):
     cooldown_hours: float = Field(24.0, ge=0.0, le=24 * 366, description="no second alert within this time")
     retrain_window_days: int = Field(59, ge=7, le=3660, description="trailing window a drift retrain uses")
 
+    @property
+    def needs_null(self) -> bool:
+        """True unless the config fixes every threshold a calibrated null would otherwise give."""
+        return None in (self.column_threshold, self.drifted_share, self.prediction_threshold)
+
 
 # Group-fairness metrics each task type can be bounded on (tasks/fairness.py computes them).
 # Each is the largest gap between two groups of the sensitive attribute; 0 is perfect parity.

@@ -74,11 +74,7 @@ class Expected:
 @dataclass(frozen=True)
 class Case:
     file: str
-    failures: list[Expected] = field(default_factory=list)
-    scoring: list[Expected] | None = None  # when scoring (labels optional) differs from training
-
-    def expected(self, *, labelled: bool = True) -> list[Expected]:
-        return self.failures if labelled or self.scoring is None else self.scoring
+    failures: list[Expected] = field(default_factory=list)  # the same when scoring, where labels are optional
 
     @property
     def data(self) -> bytes:
@@ -224,16 +220,16 @@ def copies(digest: str) -> list[str]:
     ]
 
 
-def assert_failures(failures: list[Failure], case: Case, *, labelled: bool = True) -> None:
+def assert_failures(failures: list[Failure], case: Case) -> None:
     """Exactly the case's failures, each naming the case's file."""
-    expected = case.expected(labelled=labelled)
+    expected = case.failures
     assert {f.file for f in failures} == {case.file}
     got = [(f.column, f.rule, f.failing_rows) for f in failures]
     assert len(failures) == len(expected), got
     assert all(any(e.matches(f) for f in failures) for e in expected), got
 
 
-def assert_quarantined_once(case: Case, *, labelled: bool = True) -> str:
+def assert_quarantined_once(case: Case) -> str:
     """The batch is in quarantine/ byte-identical, once, and nowhere else; its reason names the failure."""
     store = data_store()
     name = f"{case.digest[:16]}-{case.file}"
@@ -244,7 +240,7 @@ def assert_quarantined_once(case: Case, *, labelled: bool = True) -> str:
     assert reason["sha256"] == case.digest
     assert reason["landed_path"] == f"{store.root}/landed/{DATASET}/{name}"
     assert datetime.fromisoformat(reason["rejected_at"]).tzinfo is not None
-    assert_failures([Failure(**failure) for failure in reason["failures"]], case, labelled=labelled)
+    assert_failures([Failure(**failure) for failure in reason["failures"]], case)
     return copy
 
 
@@ -334,10 +330,10 @@ def test_extra_column_passes_is_ignored_and_the_batch_is_processed(champion: Cha
 # --- the whole corpus against a champion: quarantined, champion unchanged, monitoring holds ------
 
 
-def assert_each_batch_in_one_place(store: DataStore, *, labelled: bool = True) -> None:
+def assert_each_batch_in_one_place(store: DataStore) -> None:
     """The invariant: every landed corpus file ends in exactly one place, byte-identical."""
     for case in REJECTED:
-        assert_quarantined_once(case, labelled=labelled)
+        assert_quarantined_once(case)
     digest = sha256((CORPUS / PASSES).read_bytes())
     assert copies(digest) == [f"{store.root}/processed/{DATASET}/{digest[:16]}-{PASSES}"]
     assert store.find("landed", DATASET) == []
@@ -369,8 +365,8 @@ def test_whole_corpus_leaves_the_champion_alone_and_monitoring_says_insufficient
         scoring(config=reading(corpus_config, folder))
     assert len(scored.value.quarantined) == len(REJECTED)
     for case in REJECTED:
-        assert_failures([f for f in scored.value.failures if f.file == case.file], case, labelled=False)
-    assert_each_batch_in_one_place(store, labelled=False)  # the reason now is the scoring run's
+        assert_failures([f for f in scored.value.failures if f.file == case.file], case)
+    assert_each_batch_in_one_place(store)  # the reason now is the scoring run's
     log = InferenceLog(store, corpus_config).read(pd.Timestamp("2013-01-01", tz="UTC"), pd.Timestamp(CLEAN_WEEK_AS_OF))
     good_rows = len(parse_batch(PASSES, (CORPUS / PASSES).read_bytes()))
     assert len(log) == good_rows
