@@ -38,7 +38,7 @@ from tasks.faults import AFTER_LOG_MODEL, failpoint
 from tasks.inference_log import CONFIDENCE, PREDICTION
 from tasks.ingest import LandedBatch
 from tasks.lineage import RunContext
-from tasks.model import build_pipeline, features_and_target, predict_scores
+from tasks.model import build_pipeline, features_and_target, metric_value, model_classes, predict_scores
 from tasks.registry import TAG_BEST_PARAMS, TAG_FITTED_UNTIL, TAG_FLOW_RUN, TAG_IDEMPOTENCY_KEY
 from tasks.score import score_frame
 from tasks.settings import TimeWindow, TrainingConfig
@@ -210,6 +210,11 @@ def refit(config: TrainingConfig, splits: Splits, candidate: Candidate, passed: 
     fitted to the window's end (`driftloop.fitted_until`), so no later comparison scores it on rows
     it saw. The gate's numbers on the version are the judged model's. Off, or after a rejection, the
     candidate is returned unchanged.
+
+    One guard, since nothing judges the refit out of sample: on the holdout, which it was fitted
+    on, it must score at least as well as the judged model did without seeing it. A refit that
+    cannot (a fit that broke, a holdout whose rows contradict the rest) is logged but not served:
+    the judged model is.
     """
     if not (config.gate.refit_after_pass and passed):
         return candidate
@@ -218,6 +223,19 @@ def refit(config: TrainingConfig, splits: Splits, candidate: Candidate, passed: 
     cpu_started = time.process_time()
     pipeline = build_pipeline(config, candidate.params).fit(features, target)
     fit_cpu = round(time.process_time() - cpu_started, 2)
+    judged = MlflowClient().get_run(candidate.run_id).data.metrics.get(f"holdout_{config.gate.metric}", np.nan)
+    seen = holdout_metric(config, pipeline, splits.holdout)
+    if not refit_may_serve(seen, judged, config.higher_is_better):
+        get_run_logger().warning(
+            "refit of %s not served: %s %.4f on the holdout it was fitted on, the judged model %.4f without it",
+            candidate.label,
+            config.gate.metric,
+            seen,
+            judged,
+        )
+        with mlflow.start_run(run_id=candidate.run_id):
+            mlflow.set_tag("driftloop.refit_refused", f"{config.gate.metric} {seen:.4f} < judged {judged:.4f}")
+        return candidate
     with mlflow.start_run(run_id=candidate.run_id):
         info = log_pipeline(config, pipeline, features, "model-refit")
         hashes = hash_tags(info.model_uri)
@@ -260,6 +278,21 @@ def reference_sample(
         holdout_rows[CONFIDENCE] = confidence
     sample = pd.concat([fit_rows, holdout_rows], ignore_index=True)
     return sample.sort_values(config.timestamp, kind="stable").reset_index(drop=True)
+
+
+def refit_may_serve(seen: float, judged: float, higher_is_better: bool) -> bool:
+    """The refit's metric on the holdout it saw is finite and no worse than the judged model's without it."""
+    if not np.isfinite(seen):
+        return False
+    sign = 1.0 if higher_is_better else -1.0
+    return not np.isfinite(judged) or sign * (seen - judged) >= 0
+
+
+def holdout_metric(config: TrainingConfig, pipeline: Any, holdout: pd.DataFrame) -> float:
+    """The gate's metric of `pipeline` on the holdout rows; NaN where it cannot be computed."""
+    features, target = features_and_target(config, holdout)
+    scores = predict_scores(pipeline, features, config.task)
+    return metric_value(config.task, config.gate.metric, target.to_numpy(), scores, model_classes(pipeline))
 
 
 def _log_frame(frame: pd.DataFrame, artifact_path: str) -> None:
