@@ -101,11 +101,11 @@ def replay(config: TrainingConfig, periods: int | None = None) -> ReplaySummary:
         )  # fmt: skip
     for window in plan.labels_never_arrived():  # after the replay, so the loop can be measured on them too
         record_arrived_labels(config=config, window=window, stores=stores)
-    baselines, loop, champions = backtest(
+    baselines, loop, champions, replaced = backtest(
         config=config, plan=plan, data=data, static_version=first.version, stores=stores
     )
     for index, row in enumerate(rows):
-        row.loop, row.champion_version = loop[index], champions[index]
+        row.loop, row.champion_version, row.replaced = loop[index], champions[index], replaced[index]
         if baselines is not None:
             row.static, row.always = baselines.static[index], baselines.always[index]
     summary = summarise(config, rows, baselines, training_cpu_seconds(config, INITIAL_REASON))

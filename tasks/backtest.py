@@ -117,6 +117,11 @@ def _scores_by_period(model: Any, config: TrainingConfig, frames: list[pd.DataFr
     return values
 
 
+def model_quality(model: Any, config: TrainingConfig, frame: pd.DataFrame) -> float:
+    """One model's metric on one period's labelled rows."""
+    return _scores_by_period(model, config, [frame], 0)[0]
+
+
 def measure_baselines(
     config: TrainingConfig,
     frame: pd.DataFrame,

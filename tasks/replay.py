@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId,
 from prefect.client.schemas.filters import FlowRunFilterExpectedStartTime as StartFilter
 
 from tasks.artifacts import load_version
-from tasks.backtest import Baselines, ReplayError, ReplayPlan, measure_baselines, period_quality
+from tasks.backtest import Baselines, ReplayError, ReplayPlan, measure_baselines, model_quality, period_quality
 from tasks.frontier import Frontier, hindsight_frontier
 from tasks.inference_log import PREDICTION, InferenceLog
 from tasks.ingest import land_labels, read_source, rows_in
@@ -59,6 +59,8 @@ class PeriodRow:
     event_to_start_seconds: float | None
     retrain_cpu_seconds: float | None = None
     signals: str = "-"  # which drift signals fired (the decision's `fired`)
+    # where the champion changed at this period's start: the replaced champion's quality on it
+    replaced: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -216,14 +218,23 @@ def record_arrived_labels(config: TrainingConfig, window: TimeWindow, stores: St
 @task(cache_policy=NO_CACHE)
 def backtest(
     config: TrainingConfig, plan: ReplayPlan, data: ReplayData, static_version: str, stores: Stores
-) -> tuple[Baselines | None, list[float], list[str]]:
-    """The baselines and the triangle (when drawn), and per period the loop's quality and champion(s)."""
+) -> tuple[Baselines | None, list[float], list[str], list[float]]:
+    """The baselines and the triangle (when drawn), and per period the loop's quality and champion(s).
+
+    Where the champion changed at a period's start, also the replaced champion's quality on it.
+    """
     log = InferenceLog(DataStore(stores.data_uri), config).read()
     loop, champions = [], []
     for period in plan.periods:
         scored = rows_in(log, config.timestamp, period)
         loop.append(period_quality(config, scored[config.target], scored[PREDICTION]) if len(scored) else math.nan)
         champions.append(",".join(sorted(set(scored["model_version"]))) if len(scored) else "-")
+    replaced = [math.nan] * len(plan.periods)
+    for index in range(1, len(plan.periods)):
+        old, new = champions[index - 1], champions[index]
+        if old != new and "," not in old + new and "-" not in (old, new):  # one champion each side
+            rows = rows_in(data.frame, config.timestamp, plan.periods[index])
+            replaced[index] = model_quality(load_version(config.model_name, old), config, rows)
     baselines = None
     drawn = set(config.replay.baselines if config.replay else [])
     if drawn & {"static", "always"}:
@@ -236,7 +247,7 @@ def backtest(
             params,
             config.monitoring.retrain_window_days,
         )
-    return baselines, loop, champions
+    return baselines, loop, champions, replaced
 
 
 def summarise(

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.frontier import Frontier
 from tasks.notify import artifact_key
 from tasks.replay import PeriodRow, ReplaySummary, as_records
+from tasks.replay_goal import GoalCheck, goal_checks
 from tasks.settings import TrainingConfig
 from tasks.stores import Stores
 
@@ -158,6 +159,15 @@ def _plot_frontier(ax: object, summary: ReplaySummary, metric: str) -> None:
     ax.legend(loc="best", fontsize=8)  # type: ignore[attr-defined]
 
 
+def goal_markdown(checks: list[GoalCheck], tolerance: float) -> str:
+    head = f"Goal (tolerance {tolerance:g} in the metric's units):\n"
+    lines = [head, "| criterion | met | detail |", "| --- | --- | --- |"]
+    for check in checks:
+        met = "not measured" if check.met is None else ("yes" if check.met else "**no**")
+        lines.append(f"| {check.criterion} | {met} | {check.detail} |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_markdown(config: TrainingConfig, summary: ReplaySummary, seconds: float, plot: Path) -> str:
     rows = summary.rows
     span = f"{rows[0].period.split('..')[0]}..{rows[-1].period.split('..')[1]}" if rows else "-"
@@ -168,6 +178,7 @@ def summary_markdown(config: TrainingConfig, summary: ReplaySummary, seconds: fl
         table_markdown(rows, config.gate.metric),
         lines_markdown(summary, config.gate.metric),
         frontier_markdown(summary, [r.period for r in rows]),
+        goal_markdown(goal_checks(summary, config.higher_is_better, config.replay.tolerance), config.replay.tolerance),
     ]
     if summary.notes:
         parts.append("Notes:\n" + "\n".join(f"- {note}" for note in summary.notes) + "\n")

@@ -447,6 +447,9 @@ class ReplayConfig(Strict):
     label_delay_periods: int = Field(0, ge=0, le=1000)
     baselines: list[ReplayBaseline] = Field(default_factory=lambda: list(ALL_BASELINES))
     training_timeout_minutes: int = Field(30, ge=1, le=24 * 60, description="wait at most this for a retrain")
+    tolerance: float = Field(
+        0.005, ge=0.0, le=1e6, description="the goal check's slack in the gate metric's units (README: the backtest)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ReplayConfig:

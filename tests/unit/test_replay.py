@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -10,7 +11,15 @@ import pytest
 
 from tasks.backtest import Baselines
 from tasks.replay import PeriodRow, as_records, summarise
-from tasks.replay_report import frontier_markdown, lines_markdown, plot_replay, shown_retrains, table_markdown
+from tasks.replay_goal import goal_checks
+from tasks.replay_report import (
+    frontier_markdown,
+    goal_markdown,
+    lines_markdown,
+    plot_replay,
+    shown_retrains,
+    table_markdown,
+)
 from tasks.settings import load_config
 
 NAN = math.nan
@@ -153,3 +162,47 @@ def test_the_plot_has_both_panels(config, tmp_path: Path) -> None:  # type: igno
 
     width, height = Image.open(path).size
     assert width > 1.5 * height  # two panels side by side
+
+
+# --- the decision goal read off one replay: quality against always, cost, no bad period, no bad promotion
+
+
+def summary_with_a_promotion_that_lost(config, replaced: float):  # type: ignore[no-untyped-def]
+    periods = rows()
+    periods[2] = dataclasses.replace(periods[2], replaced=replaced)  # v2 replaced v1 at May's start
+    return summarise(config, periods, baselines(), 40.0)
+
+
+def test_each_criterion_is_judged_with_its_numbers(config) -> None:  # type: ignore[no-untyped-def]
+    checks = {c.criterion: c for c in goal_checks(summary_with_a_promotion_that_lost(config, 0.67), True, 0.005)}
+
+    quality = checks["quality within tolerance of always"]
+    assert quality.met is False
+    assert "behind by 0.0133" in quality.detail  # 0.6533 against 0.6667
+    assert checks["at most half of always's retrains"].met is True  # 2 started, 4 fitted
+    assert checks["no period worse than static"].met is True
+    promotion = checks["no promotion worse than what it replaced"]
+    assert promotion.met is False
+    assert "v2 0.6600, replaced 0.6700" in promotion.detail
+
+
+def test_the_tolerance_and_the_metric_direction_decide(config) -> None:  # type: ignore[no-untyped-def]
+    summary = summary_with_a_promotion_that_lost(config, 0.664)
+    lenient = {c.criterion: c.met for c in goal_checks(summary, True, 0.02)}
+    assert lenient["quality within tolerance of always"]
+    assert lenient["no promotion worse than what it replaced"]
+
+    # lower is better: the same numbers put the loop ahead of always and behind static in May
+    lower = {c.criterion: c for c in goal_checks(summary, False, 0.005)}
+    assert lower["quality within tolerance of always"].met is True
+    assert lower["no period worse than static"].met is False
+    assert lower["no period worse than static"].detail == "2013-05-01..2013-06-01 v2 0.6600, static 0.6000"
+
+
+def test_an_undrawn_line_is_not_measured_never_met(config) -> None:  # type: ignore[no-untyped-def]
+    summary = summarise(config, rows(), None, None)
+    checks = goal_checks(summary, True, 0.005)
+    assert [c.met for c in checks] == [None, None, None, None]
+    text = goal_markdown(checks, 0.005)
+    assert text.count("| not measured |") == 4
+    assert "tolerance 0.005" in text
