@@ -34,7 +34,8 @@ class GainInterval:
     def describe(self) -> str:
         if not self.measured:
             return "no interval (too few measurable resamples)"
-        return f"{self.confidence:.0%} interval of the gain [{self.low:+.4f}, {self.high:+.4f}] ({self.draws} draws)"
+        level = f"{self.confidence * 100:.3g}%"
+        return f"{level} interval of the gain [{self.low:+.4f}, {self.high:+.4f}] ({self.draws} draws)"
 
 
 def paired_gain_interval(
