@@ -234,7 +234,7 @@ def refit(config: TrainingConfig, splits: Splits, candidate: Candidate, passed: 
             judged,
         )
         with mlflow.start_run(run_id=candidate.run_id):
-            mlflow.set_tag("driftloop.refit_refused", f"{config.gate.metric} {seen:.4f} < judged {judged:.4f}")
+            mlflow.set_tag("driftloop.refit_refused", f"{config.gate.metric} {seen:.4f} seen, judged {judged:.4f}")
         return candidate
     with mlflow.start_run(run_id=candidate.run_id):
         info = log_pipeline(config, pipeline, features, "model-refit")
