@@ -23,7 +23,7 @@ import pandas as pd
 
 from tasks.drift import gate_metric
 from tasks.ingest import rows_in
-from tasks.model import build_pipeline, features_and_target
+from tasks.model import features_and_target, fit_pipeline
 from tasks.score import score_frame
 from tasks.settings import ReplayConfig, TimeWindow, TrainingConfig
 
@@ -142,7 +142,7 @@ def measure_baselines(
         history = history[history[config.target].notna()]
         started = time.process_time()
         try:
-            model = build_pipeline(config, params).fit(*features_and_target(config, history))
+            model = fit_pipeline(config, params, *features_and_target(config, history))
             refits += 1
         except ValueError as error:  # no labelled rows, or one class only: keep serving the last model
             notes.append(f"{periods[index].label()}: not refitted on {window.label()} ({error}); the last model stays")

@@ -32,6 +32,7 @@ from tasks.artifacts import load_logged
 from tasks.model import features_and_target, model_classes
 from tasks.notify import artifact_key
 from tasks.settings import METRIC_DIRECTIONS, TrainingConfig
+from tasks.threads import model_threads
 from tasks.train import Candidate
 
 # sklearn scorers are all higher-is-better (losses negated), so "score before - score after
@@ -275,11 +276,14 @@ def explain_model(config: TrainingConfig, model: Any, holdout: pd.DataFrame) -> 
         raise ValueError("cannot explain a model on an empty holdout")
     seed = config.tuning.seed
     features, target = features_and_target(config, _sample(holdout, config.explanations.sample_rows, seed))
-    importances = permutation_importances(config, model, features, target)
-    pd_rows = _sample(features, PD_ROWS, seed)
-    top = [item.feature for item in importances[: config.explanations.top_features]]
-    dependence = [found for name in top if (found := partial_dependence_of(config, model, pd_rows, name)) is not None]
-    shap_values, shap_note = shap_summary(config, model, features)
+    with model_threads(len(features), config.model.threads):
+        importances = permutation_importances(config, model, features, target)
+        pd_rows = _sample(features, PD_ROWS, seed)
+        top = [item.feature for item in importances[: config.explanations.top_features]]
+        dependence = [
+            found for name in top if (found := partial_dependence_of(config, model, pd_rows, name)) is not None
+        ]
+        shap_values, shap_note = shap_summary(config, model, features)
     return Explanation(
         metric=config.gate.metric,
         rows=len(features),

@@ -27,6 +27,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
 from tasks.settings import TaskType, TrainingConfig
+from tasks.threads import model_threads
 
 
 def preprocessor(config: TrainingConfig) -> ColumnTransformer:
@@ -66,6 +67,12 @@ def build_pipeline(config: TrainingConfig, params: dict[str, Any]) -> Pipeline:
     return Pipeline([("prepare", preprocessor(config)), ("model", estimator(config, params))])
 
 
+def fit_pipeline(config: TrainingConfig, params: dict[str, Any], features: pd.DataFrame, target: pd.Series) -> Pipeline:
+    """The pipeline with `params`, fitted on `features` on the OpenMP threads `model.threads` allows."""
+    with model_threads(len(features), config.model.threads):
+        return build_pipeline(config, params).fit(features, target)
+
+
 def features_and_target(config: TrainingConfig, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     target = frame[config.target]
     if config.task == "binary":
@@ -75,11 +82,12 @@ def features_and_target(config: TrainingConfig, frame: pd.DataFrame) -> tuple[pd
 
 def predict_scores(model: Any, features: pd.DataFrame, task: TaskType) -> np.ndarray:
     """What the metrics need: P(positive) for binary, class probabilities, or predictions."""
-    if task == "binary":
-        return np.asarray(model.predict_proba(features))[:, 1]
-    if task == "multiclass":
-        return np.asarray(model.predict_proba(features))
-    return np.asarray(model.predict(features), dtype=float)
+    with model_threads(len(features)):
+        if task == "binary":
+            return np.asarray(model.predict_proba(features))[:, 1]
+        if task == "multiclass":
+            return np.asarray(model.predict_proba(features))
+        return np.asarray(model.predict(features), dtype=float)
 
 
 def compute_metrics(

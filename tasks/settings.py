@@ -268,6 +268,9 @@ def only_model_params(names: dict[str, Any], what: str) -> dict[str, Any]:
 class ModelConfig(Strict):
     family: Literal["hist_gradient_boosting"] = "hist_gradient_boosting"
     params: dict[str, Any] = Field(default_factory=dict, description="fixed parameters, not tuned")
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="OpenMP threads per fit: a number (capped by the cores), or auto (tasks/threads.py)"
+    )
 
     @field_validator("params")
     @classmethod

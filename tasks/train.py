@@ -38,7 +38,7 @@ from tasks.faults import AFTER_LOG_MODEL, failpoint
 from tasks.inference_log import CONFIDENCE, PREDICTION
 from tasks.ingest import LandedBatch
 from tasks.lineage import RunContext
-from tasks.model import build_pipeline, features_and_target, metric_value, model_classes, predict_scores
+from tasks.model import features_and_target, fit_pipeline, metric_value, model_classes, predict_scores
 from tasks.registry import TAG_BEST_PARAMS, TAG_FITTED_UNTIL, TAG_FLOW_RUN, TAG_IDEMPOTENCY_KEY
 from tasks.score import score_frame
 from tasks.settings import TimeWindow, TrainingConfig
@@ -97,7 +97,7 @@ def train(
     features, target = features_and_target(config, fit_frame)
     params = final_params(config, tuning)
     cpu_started = time.process_time()
-    pipeline = build_pipeline(config, params).fit(features, target)
+    pipeline = fit_pipeline(config, params, features, target)
     fit_cpu = round(time.process_time() - cpu_started, 2)
     store = DataStore(stores.data_uri)
     processed = store.processed_path(config.name, batches[0].path)  # validation moved them there
@@ -221,7 +221,7 @@ def refit(config: TrainingConfig, splits: Splits, candidate: Candidate, passed: 
     whole = pd.concat([splits.train, splits.validation, splits.holdout], ignore_index=True)
     features, target = features_and_target(config, whole)
     cpu_started = time.process_time()
-    pipeline = build_pipeline(config, candidate.params).fit(features, target)
+    pipeline = fit_pipeline(config, candidate.params, features, target)
     fit_cpu = round(time.process_time() - cpu_started, 2)
     judged = MlflowClient().get_run(candidate.run_id).data.metrics.get(f"holdout_{config.gate.metric}", np.nan)
     seen = holdout_metric(config, pipeline, splits.holdout)

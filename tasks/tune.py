@@ -26,6 +26,7 @@ from tasks.model import compute_metrics, estimator, features_and_target, model_c
 from tasks.settings import ParamRange, TrainingConfig
 from tasks.split import Splits
 from tasks.stores import Stores
+from tasks.threads import model_threads
 
 DEFAULT_MAX_ITER = 100
 
@@ -89,6 +90,10 @@ def make_objective(config: TrainingConfig, splits: Splits) -> Callable[[optuna.T
     metric, step = config.gate.metric, config.tuning.iterations_per_step
 
     def objective(trial: optuna.Trial) -> float:
+        with model_threads(len(x_train), config.model.threads):
+            return grow(trial)
+
+    def grow(trial: optuna.Trial) -> float:
         params = suggest(trial, config.tuning.search_space)
         total = int(params.get("max_iter", config.model.params.get("max_iter", DEFAULT_MAX_ITER)))
         model = estimator(config, {**params, "max_iter": min(step, total), "warm_start": True})
