@@ -86,10 +86,13 @@ def _version(client: MlflowClient, config: TrainingConfig, version: str) -> Vers
 
 def status(config: TrainingConfig, args: argparse.Namespace) -> int:
     from tasks.audit import AuditLog
+    from tasks.registry_view import open_view
     from tasks.status import model_status
+    from tasks.stores import Stores
 
-    client, stores = _client(config)
-    print(model_status(client, config, AuditLog(stores.audit_dir, config.model_name), runs=args.runs))
+    stores = Stores.from_env()  # the embedded store is read without MLflow (tasks/registry_view.py)
+    view = open_view(stores.mlflow_tracking_uri, lambda: _client(config)[0])
+    print(model_status(view, config, AuditLog(stores.audit_dir, config.model_name), runs=args.runs))
     return EXIT_OK
 
 

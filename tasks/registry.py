@@ -6,8 +6,6 @@ Every candidate becomes a model version; its decision is recorded in version tag
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from typing import Any
 
 import mlflow
@@ -15,42 +13,25 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from prefect import task
 
+from tasks.registry_names import (  # noqa: F401  (the registry's vocabulary, re-exported for its readers)
+    CHAMPION,
+    PREVIOUS,
+    PROMOTING,
+    TAG_BEST_PARAMS,
+    TAG_COMPARED_WITH,
+    TAG_DECIDED_AT,
+    TAG_DECISION,
+    TAG_DECISION_REASON,
+    TAG_FITTED_UNTIL,
+    TAG_FLOW_RUN,
+    TAG_GATE_PASSED,
+    TAG_IDEMPOTENCY_KEY,
+    TAG_REPLACED,
+    TAG_VERSION,
+    VersionRef,
+)
 from tasks.services import TASK_RETRY_DELAYS, bound_http_retries, retry_if_transient, use_wal
 from tasks.stores import Stores
-
-CHAMPION = "champion"
-PREVIOUS = "previous-champion"
-
-# Version tags, one namespace.
-TAG_DECISION = "driftloop.decision"  # pending | promoted | rejected | superseded | rolled_back
-TAG_DECISION_REASON = "driftloop.decision_reason"
-TAG_DECIDED_AT = "driftloop.decided_at"
-TAG_COMPARED_WITH = "driftloop.compared_with_version"
-TAG_REPLACED = "driftloop.replaced_version"
-TAG_BEST_PARAMS = "driftloop.best_params"
-TAG_GATE_PASSED = "driftloop.gate_passed"
-TAG_IDEMPOTENCY_KEY = "driftloop.idempotency_key"  # same data, config and code (tasks/lineage.py)
-TAG_FLOW_RUN = "prefect.flow_run_id"  # on MLflow runs: the Prefect flow run that made them
-TAG_VERSION = "driftloop.version"  # on MLflow runs: the version registered from them, if any
-TAG_FITTED_UNTIL = "driftloop.fitted_until"  # on versions refitted after the gate: the end of what they saw
-PROMOTING = "promoting"  # a TAG_DECISION value: registered, aliases not yet moved (recovery finishes it)
-
-
-@dataclass(frozen=True)
-class VersionRef:
-    name: str
-    version: str
-    run_id: str | None
-    tags: dict[str, str]
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
-
-    @property
-    def best_params(self) -> dict[str, Any]:
-        raw = self.tags.get(TAG_BEST_PARAMS)
-        return json.loads(raw) if raw else {}
 
 
 def configure_mlflow(stores: Stores, experiment: str) -> str:

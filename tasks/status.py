@@ -1,14 +1,16 @@
-"""`driftloop status`: the state of one model in a few lines, read from MLflow and the history."""
+"""`driftloop status`: the state of one model in a few lines, read from the registry and the history.
+
+It reads through a `RegistryView` (tasks/registry_view.py), so on the embedded store it needs neither
+MLflow nor Prefect imported.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from mlflow import MlflowClient
-from mlflow.entities import Run
-
 from tasks.audit import AuditLog
-from tasks.registry import CHAMPION, PREVIOUS, TAG_DECIDED_AT, TAG_DECISION, TAG_VERSION, version_by_alias
+from tasks.registry_names import CHAMPION, PREVIOUS, TAG_DECIDED_AT, TAG_DECISION, TAG_VERSION
+from tasks.registry_view import RegistryView
 from tasks.settings import TrainingConfig
 
 
@@ -16,45 +18,36 @@ def _when(millis: int | None) -> str:
     return "?" if millis is None else datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _experiment_runs(client: MlflowClient, name: str, limit: int) -> list[Run]:
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        return []
-    return list(
-        client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit)
-    )
-
-
-def model_status(client: MlflowClient, config: TrainingConfig, audit: AuditLog, runs: int = 5) -> str:
+def model_status(view: RegistryView, config: TrainingConfig, audit: AuditLog, runs: int = 5) -> str:
     """Champion and rollback target, the last training runs, the last drift check, the last decision."""
     name, metric = config.model_name, config.gate.metric
     lines = [f"model {name} ({config.task}, gated on {metric})"]
     for alias in (CHAMPION, PREVIOUS):
-        found = version_by_alias(name, alias, client) if client.search_registered_models(f"name = '{name}'") else None
+        found = view.version_by_alias(name, alias)
         if found is None:
             lines.append(f"  {alias}: none")
             continue
-        value = client.get_run(found.run_id).data.metrics.get(f"holdout_{metric}") if found.run_id else None
+        value = view.run_metrics(found.run_id).get(f"holdout_{metric}") if found.run_id else None
         lines.append(
             f"  {alias}: version {found.version}, trained on {found.tags.get('driftloop.window', '?')}, "
             f"holdout {metric} {'?' if value is None else f'{value:.4f}'}, "
             f"{found.tags.get(TAG_DECISION, '?')} {found.tags.get(TAG_DECIDED_AT, '?')[:19]}, "
             f"trigger: {found.tags.get('driftloop.reason', '?')}"
         )
-    training = _experiment_runs(client, name, runs)
+    training = view.recent_runs(name, runs)
     lines.append(f"last {len(training)} training runs:" if training else "no training runs yet")
     for run in training:
-        tags = run.data.tags
-        value = run.data.metrics.get(f"holdout_{metric}")
+        tags = run.tags
+        value = run.metrics.get(f"holdout_{metric}")
         lines.append(
-            f"  {_when(run.info.start_time)}  {tags.get('driftloop.window', '?')}  "
-            f"{tags.get(TAG_DECISION, run.info.status.lower()):<10} version {tags.get(TAG_VERSION, '-'):<3} "
+            f"  {_when(run.start_time)}  {tags.get('driftloop.window', '?')}  "
+            f"{tags.get(TAG_DECISION, run.status.lower()):<10} version {tags.get(TAG_VERSION, '-'):<3} "
             f"{metric} {'?' if value is None else f'{value:.4f}'}  ({tags.get('driftloop.reason', '?')})"
         )
-    checks = _experiment_runs(client, f"{name}-monitoring", 1)
+    checks = view.recent_runs(f"{name}-monitoring", 1)
     if checks:
         check = checks[0]
-        share, tags = check.data.metrics.get("drift_share"), check.data.tags
+        share, tags = check.metrics.get("drift_share"), check.tags
         lines.append(
             f"last drift check: {tags.get('driftloop.status', '?')} on {tags.get('driftloop.window', '?')} "
             f"(drifted share {'?' if share is None else f'{share:.2f}'}, "
