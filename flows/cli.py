@@ -121,14 +121,20 @@ def history(config: TrainingConfig, args: argparse.Namespace) -> int:
 
 
 def card(config: TrainingConfig, args: argparse.Namespace) -> int:
-    from tasks.card import gather_facts, render_card
+    from tasks.card import NoSuchVersion, gather_facts, render_card
+    from tasks.registry_view import open_view
+    from tasks.stores import Stores
 
-    client, stores = _client(config)
-    version = _version(client, config, args.version)
-    text = render_card(gather_facts(client, config.model_name, version.version, stores.audit_dir))
+    stores = Stores.from_env()  # the embedded store is read without MLflow (tasks/registry_view.py)
+    view = open_view(stores.mlflow_tracking_uri, lambda: _client(config)[0])
+    try:
+        facts = gather_facts(view, config.model_name, args.version, stores.audit_dir)
+    except NoSuchVersion as error:
+        raise CommandFailed(str(error), EXIT_BAD_INPUT) from error
+    text = render_card(facts)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
-        print(f"model card of {config.model_name} version {version.version} written to {args.output}")
+        print(f"model card of {config.model_name} version {facts.version} written to {args.output}")
     else:
         print(text)
     return EXIT_OK

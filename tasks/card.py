@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from tasks.audit import ROLLED_BACK, AuditEntry, AuditLog
-from tasks.registry import (
+from tasks.registry_names import (
     CHAMPION,
     PREVIOUS,
     TAG_BEST_PARAMS,
@@ -40,7 +37,11 @@ from tasks.registry import (
     TAG_IDEMPOTENCY_KEY,
     TAG_REPLACED,
 )
+from tasks.registry_view import ClientView, RegistryView
 from tasks.settings import FAIRNESS_METRICS, TrainingConfig
+
+if TYPE_CHECKING:  # `driftloop card` reads the embedded store without MLflow (tasks/registry_view.py)
+    from mlflow import MlflowClient
 
 CARD_ARTIFACT = "card/model_card.md"
 DESCRIPTION_LIMIT = 5000  # MLflow's SQL stores keep at most this many characters of description
@@ -80,50 +81,45 @@ class CardFacts:
         return TrainingConfig.model_validate(raw) if raw else None
 
 
-def _read_run_file(client: MlflowClient, run_id: str, path: str, folder: Path) -> Any:
-    try:
-        local = Path(client.download_artifacts(run_id, path, str(folder)))
-    except (MlflowException, OSError):
+def _parsed(path: str, text: str | None) -> Any:
+    if text is None:
         return None
-    text = local.read_text(encoding="utf-8")
     return yaml.safe_load(text) if path.endswith((".yaml", ".yml")) else json.loads(text)
-
-
-def _artifact_paths(client: MlflowClient, run_id: str, folder: str = "") -> list[str]:
-    paths = []
-    for item in client.list_artifacts(run_id, folder or None):
-        paths += _artifact_paths(client, run_id, item.path) if item.is_dir else [item.path]
-    return paths
 
 
 def _rolled_back_from(entry: AuditEntry) -> str | None:
     return entry.champion_before if entry.event == ROLLED_BACK else None
 
 
-def gather_facts(client: MlflowClient, name: str, version: str, audit_dir: Path | None = None) -> CardFacts:
+class NoSuchVersion(LookupError):
+    """The model has no such version."""
+
+
+def gather_facts(view: RegistryView, name: str, version: str, audit_dir: Path | None = None) -> CardFacts:
     """Read everything a card says about `name` version `version` from the stores."""
-    found = client.get_model_version(name, version)
-    aliases = list(found.aliases or [])
-    created = datetime.fromtimestamp(found.creation_timestamp / 1000, UTC).isoformat()
+    found = view.version(name, version)
+    if found is None:
+        raise NoSuchVersion(f"{name} has no version {version!r}")
+    ref, aliases = found.ref, found.aliases
+    created = datetime.fromtimestamp(found.created_at / 1000, UTC).isoformat()
     entries = AuditLog(audit_dir, name).entries() if audit_dir else []
     history = [e for e in entries if version in (e.version, _rolled_back_from(e))]
-    if not found.run_id:
-        return CardFacts(name, version, created, aliases, dict(found.tags), None, history=history)
-    run = client.get_run(found.run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        files = {key: _read_run_file(client, found.run_id, path, Path(tmp) / key) for key, path in RUN_FILES.items()}
+    if ref.run_id is None:
+        return CardFacts(name, version, created, aliases, ref.tags, None, history=history)
+    run = view.run(ref.run_id)
+    files = {key: _parsed(path, view.read_run_file(ref.run_id, path)) for key, path in RUN_FILES.items()}
     return CardFacts(
         name=name,
         version=version,
         created_at=created,
         aliases=aliases,
-        version_tags=dict(found.tags),
-        run_id=found.run_id,
-        params=dict(run.data.params),
-        metrics=dict(run.data.metrics),
-        run_tags=dict(run.data.tags),
+        version_tags=ref.tags,
+        run_id=ref.run_id,
+        params=run.params,
+        metrics=run.metrics,
+        run_tags=run.tags,
         files={key: value for key, value in files.items() if value is not None},
-        run_artifacts=_artifact_paths(client, found.run_id, "explanations"),
+        run_artifacts=view.run_files(ref.run_id, "explanations"),
         history=history,
     )
 
@@ -414,7 +410,7 @@ def publish_card(client: MlflowClient, name: str, version: str, audit_dir: Path 
     """Write the card where people read it: the version in MLflow, its run, and the Prefect UI."""
     from tasks.notify import artifact_key, publish_markdown
 
-    facts = gather_facts(client, name, version, audit_dir)
+    facts = gather_facts(ClientView(client), name, version, audit_dir)
     card = render_card(facts)
     client.update_model_version(name, version, description=render_summary(facts))
     if facts.run_id is not None:

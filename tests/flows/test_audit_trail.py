@@ -30,6 +30,7 @@ from tasks.ingest import load_nycflights13
 from tasks.notify import artifact_key
 from tasks.promote import Decision
 from tasks.registry import CHAMPION, PREVIOUS, TAG_DECISION
+from tasks.registry_view import ClientView
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import Stores
 
@@ -122,7 +123,7 @@ def test_the_card_says_what_the_registry_holds(story: dict[str, Decision], fligh
     client, name = registry(), flights_config.model_name
     version = client.get_model_version(name, "2")
     run = client.get_run(version.run_id)
-    card = render_card(gather_facts(client, name, "2", Stores.from_env().audit_dir))
+    card = render_card(gather_facts(ClientView(client), name, "2", Stores.from_env().audit_dir))
 
     assert card.startswith(f"# Model card: {name} version 2")
     aliases = {str(v): k for k, v in client.get_registered_model(name).aliases.items()}

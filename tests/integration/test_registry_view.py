@@ -30,11 +30,16 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[MlflowClient
             mlflow.log_metric("holdout_roc_auc", 0.6 + index / 100)
             mlflow.log_metric("holdout_roc_auc", 0.7 + index / 100)  # the latest value is the one read
             mlflow.log_metric("gap", math.nan)
+            mlflow.log_params({"learning_rate": 0.1 * (index + 1), "max_depth": index + 2})
+            mlflow.log_text('{"a": 1}', "gate/report.json")
+            for path in ("explanations/pd/a.png", "explanations/pd-b.json", "explanations/pd_c.json", "other/x.txt"):
+                mlflow.log_text(path, path)  # '-' sorts before '/', '_' after: the client's order is per folder
         runs.append(run.info.run_id)
         version = client.create_model_version(NAME, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
         client.set_model_version_tag(NAME, version.version, "driftloop.decision", f"decision {index}")
         time.sleep(0.01)  # distinct start times: the order is by start time
     client.delete_run(runs[1])  # a deleted run is never listed
+    client.delete_model_version(NAME, "1")  # nor a deleted version
     with mlflow.start_run(run_name="still running"):
         pass
     client.set_terminated(mlflow.last_active_run().info.run_id, status="FAILED")
@@ -52,7 +57,7 @@ def _same(left: object, right: object) -> bool:
 
 def test_the_sqlite_view_answers_what_the_client_answers(store: tuple[MlflowClient, Path]) -> None:
     client, path = store
-    quick, slow = SqliteView(path), ClientView(client)
+    quick, slow = SqliteView(path, lambda: client), ClientView(client)
     for alias in ("champion", "previous-champion", "no-such-alias"):
         assert quick.version_by_alias(NAME, alias) == slow.version_by_alias(NAME, alias)
     assert quick.version_by_alias("no-such-model", "champion") is None
@@ -81,3 +86,31 @@ def test_open_view_reads_sqlite_directly_and_anything_else_through_the_client(
     assert isinstance(open_view(f"sqlite:///{not_mlflow}", lambda: client), ClientView)
     assert isinstance(open_view(f"sqlite:///{tmp_path / 'absent.db'}", lambda: client), ClientView)
     assert isinstance(open_view("http://127.0.0.1:5000", lambda: client), ClientView)
+
+
+def test_the_sqlite_view_reads_versions_runs_and_run_files_as_the_client_does(
+    store: tuple[MlflowClient, Path],
+) -> None:
+    client, path = store
+    quick, slow = SqliteView(path, lambda: client), ClientView(client)
+    for version in ("1", "2", "3", "4", "99", "two"):
+        assert quick.version(NAME, version) == slow.version(NAME, version)
+    assert quick.version(NAME, "1") is None  # deleted
+    found = quick.version(NAME, "3")
+    assert found is not None
+    assert found.aliases == ["champion"]
+    assert found.ref.run_id is not None
+    run_id = found.ref.run_id
+    assert _same(quick.run(run_id), slow.run(run_id))
+    assert quick.run(run_id).params["max_depth"] == "4"
+    for file in ("gate/report.json", "gate/missing.json", "explanations/pd/a.png"):
+        assert quick.read_run_file(run_id, file) == slow.read_run_file(run_id, file)
+    assert quick.read_run_file(run_id, "gate/report.json") == '{"a": 1}'
+    assert quick.read_run_file(run_id, "gate/missing.json") is None
+    for folder in ("explanations", "other", "absent"):
+        assert quick.run_files(run_id, folder) == slow.run_files(run_id, folder)
+    assert quick.run_files(run_id, "explanations") == [
+        "explanations/pd/a.png",
+        "explanations/pd-b.json",
+        "explanations/pd_c.json",
+    ]
