@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 
+# MLflow's error codes for a model, version or alias that is not there
+MISSING = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
 @dataclass(frozen=True)
 class RunSummary:
     run_id: str
@@ -88,11 +92,15 @@ class ClientView:
         self.client = client
 
     def version_by_alias(self, name: str, alias: str) -> VersionRef | None:
-        from tasks.registry import version_by_alias
+        from mlflow.exceptions import MlflowException
 
-        if not self.client.search_registered_models(f"name = '{name}'"):
-            return None
-        return version_by_alias(name, alias, self.client)
+        try:
+            found = self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as error:
+            if error.error_code in MISSING:
+                return None
+            raise
+        return VersionRef(name, str(found.version), found.run_id or None, dict(found.tags))
 
     def version(self, name: str, version: str) -> VersionFacts | None:
         from mlflow.exceptions import MlflowException
@@ -100,7 +108,7 @@ class ClientView:
         try:
             found = self.client.get_model_version(name, version)
         except MlflowException as error:
-            if error.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
+            if error.error_code in MISSING:
                 return None
             raise
         ref = VersionRef(name, str(found.version), found.run_id or None, dict(found.tags))
