@@ -20,7 +20,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 export PREFECT_PORT ?= 4200
 export MLFLOW_PORT ?= 5000
 
-.PHONY: help venv browser lock run train test test-fast lint typecheck check up down status rollback reconcile clean
+.PHONY: help venv browser lock run train test test-fast lint typecheck check up down status rollback reconcile clean bench
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
@@ -66,9 +66,12 @@ test: venv browser ## the whole suite: unit, data, flow (Prefect test harness) a
 test-fast: venv ## unit and data tests only, no Prefect server
 	$(BIN)/pytest tests/unit tests/data $(PYTEST_ARGS)
 
+bench: venv ## the benchmarks, side by side on this machine: writes BENCHMARKS.md (not part of make test)
+	$(BIN)/python -m bench
+
 lint: venv ## ruff
-	$(BIN)/ruff check flows tasks tests
-	$(BIN)/ruff format --check flows tasks tests
+	$(BIN)/ruff check flows tasks tests bench
+	$(BIN)/ruff format --check flows tasks tests bench
 
 typecheck: venv ## mypy
 	$(BIN)/mypy

@@ -19,9 +19,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+
+from tasks.settings import load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -123,6 +126,8 @@ def local_stack(home: Path, configs: list[Path], poll_seconds: int = 2, schedule
         (logs / "serve.log").open("wb") as serve_log,
     ):
         config_args = [arg for path in configs for arg in ("--config", str(path))]
+        names = {load_config(path).name for path in configs}  # each config's deployments carry its name
+        started = datetime.now(UTC)
         serving = subprocess.Popen(
             [sys.executable, "-m", "flows.deployments", *config_args],
             cwd=REPO_ROOT, env=env, stdout=serve_log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -130,7 +135,7 @@ def local_stack(home: Path, configs: list[Path], poll_seconds: int = 2, schedule
         try:
             expected = DEPLOYMENTS_PER_CONFIG * len(configs)
             wait_until(
-                lambda: _served(api, serving, expected, env),
+                lambda: _served(api, serving, names, started, expected, env),
                 180,
                 f"the deployments to be served (log: {logs}/serve.log)",
             )
@@ -145,11 +150,22 @@ def api_headers(env: dict[str, str]) -> dict[str, str]:
     return {"Authorization": f"Basic {base64.b64encode(auth.encode()).decode()}"} if auth else {}
 
 
-def _served(api: str, serving: subprocess.Popen[bytes], expected: int, env: dict[str, str]) -> bool:
+def _served(
+    api: str, serving: subprocess.Popen[bytes], names: set[str], since: datetime, expected: int, env: dict[str, str]
+) -> bool:
+    """The serving process has registered the configs' deployments: present and updated since it started.
+
+    A home used before keeps the deployments of its earlier runs (of this config or another): counting
+    those would let a replay look its own training deployment up before it exists.
+    """
     if serving.poll() is not None:
         raise RuntimeError(f"the serving process exited with code {serving.returncode}")
+    query = {"deployments": {"name": {"any_": sorted(names)}}, "limit": 200}
     try:
-        response = httpx.post(f"{api}/deployments/filter", json={"limit": 50}, headers=api_headers(env), timeout=5)
+        response = httpx.post(f"{api}/deployments/filter", json=query, headers=api_headers(env), timeout=5)
     except httpx.HTTPError:
         return False
-    return response.status_code == 200 and len(response.json()) >= expected
+    if response.status_code != 200:
+        return False
+    fresh = [d for d in response.json() if datetime.fromisoformat(d["updated"]) >= since - timedelta(seconds=1)]
+    return len(fresh) >= expected

@@ -1,0 +1,53 @@
+"""`make bench`: run the benchmarks and write BENCHMARKS.md (python -m bench [--repeats N] [--output FILE])."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import overhead
+from bench.timing import REPO_ROOT
+
+OVERHEAD_CONFIGS = ["configs/flights.yaml", "configs/bikeshare.yaml"]  # make run's window, and a small dataset
+
+
+def machine() -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    cores = len(os.sched_getaffinity(0))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{platform.machine()}, {cores} cores, {memory:.0f} GiB, Python {platform.python_version()}, "
+        f"commit {commit.stdout.strip() or '?'}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating pairs per comparison (default 3)")
+    parser.add_argument("--output", default=str(REPO_ROOT / "BENCHMARKS.md"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    sections = [overhead.run([REPO_ROOT / path for path in OVERHEAD_CONFIGS], args.repeats)]
+    text = "\n".join(
+        [
+            "# driftloop benchmarks",
+            "",
+            f"Written by `make bench` (`{Path(sys.executable).name} -m bench --repeats {args.repeats}`) on {machine()}.",
+            "Every comparison alternates its two sides in one run and quotes medians and pair-by-pair ratios:",
+            "this machine's speed drifts by 2x from hour to hour, so a lone absolute time means little.",
+            "",
+            *sections,
+        ]
+    )
+    Path(args.output).write_text(text, encoding="utf-8")
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
