@@ -225,6 +225,8 @@ def judge(
     except (HoldoutUnavailable, *SCORING_ERRORS) as exc:
         error, champion_report = f"{type(exc).__name__}: {exc}", None
         rows = holdout if holdout is not None else challenger_holdout()
+    if error is not None and rows.empty:  # no row new to both (a champion refitted up to this window's end)
+        rows = challenger_holdout()  # the challenger is still reported, on its own holdout; the gate rejects
     return Evaluation(
         holdout_rows=len(rows),
         challenger=score_report(config, challenger, rows),

@@ -229,7 +229,6 @@ class SqliteView:
             for run_id, start_time, status in runs
         ]
 
-
     def _artifact_folder(self, run_id: str) -> Path | None:
         """The run's artifact folder when it is a local one (a file: URI), else None."""
         found = self._rows("SELECT artifact_uri FROM runs WHERE run_uuid = ?", run_id)

@@ -6,6 +6,7 @@ Real SQLite registry, real logged models (tests/candidates.py); no Prefect neede
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import mlflow
@@ -14,12 +15,16 @@ import pytest
 from mlflow import MlflowClient
 from prefect.logging import disable_run_logger
 
+from tasks.evaluate import Fitted, judge
 from tasks.gate import Check, GateReport
+from tasks.model import features_and_target, fit_pipeline
 from tasks.monitor import REFERENCE_ARTIFACT, load_reference
 from tasks.promote import apply_decision
-from tasks.registry import VersionRef
+from tasks.registry import TAG_FITTED_UNTIL, VersionRef
 from tasks.replay import decision_of
 from tasks.settings import TrainingConfig
+from tasks.split import time_split
+from tasks.stores import DataStore
 from tests.candidates import logged_candidate, registry_of_its_own
 from tests.unit.conftest import config_dict, synthetic_frame
 
@@ -140,3 +145,31 @@ def test_a_drift_report_in_an_object_store_is_attached_to_its_monitoring_run(
     attached = Path(client.download_artifacts(run.info.run_id, "drift/drift-test.html", str(tmp_path)))
     assert attached.read_bytes() == DataStore(stores.data_uri).read_bytes(report_path)
     assert attached.read_text().lstrip().lower().startswith("<!doctype html")
+
+
+def test_a_champion_fitted_on_every_row_of_the_holdout_is_not_comparable_and_nothing_crashes(
+    client, config, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    # A champion refitted on its whole window, judged again on that same window: no row is new to
+    # both models. The evaluation must say "not comparable" (the gate rejects), not fail on zero rows.
+    frame = synthetic_frame("binary", rows=400, days=31)
+    splits = time_split(frame, config.timestamp, config.split)
+    challenger = fit_pipeline(config, {"max_iter": 20}, *features_and_target(config, splits.train))
+    with mlflow.start_run() as run:
+        pass
+    window = config.window
+    champion = VersionRef(
+        name=NAME,
+        version="1",
+        run_id=run.info.run_id,
+        tags={"driftloop.window": window.label(), TAG_FITTED_UNTIL: pd.Timestamp(window.end, tz="UTC").isoformat()},
+    )
+    fitted = Fitted.of_splits(window, splits.holdout_start)
+    evaluation = judge(
+        config, DataStore((tmp_path / "data").as_uri()), challenger, fitted, lambda: splits.holdout, champion
+    )
+    assert evaluation.champion_error is not None
+    assert "not comparable: 0 of the" in evaluation.champion_error
+    assert evaluation.champion is None
+    assert evaluation.holdout_rows == len(splits.holdout)  # the challenger reported on its own holdout
+    assert math.isfinite(evaluation.challenger.overall["roc_auc"])
