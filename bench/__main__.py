@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         [
             "# driftloop benchmarks",
             "",
-            f"Written by `make bench` (`{Path(sys.executable).name} -m bench --repeats {args.repeats}`) on {machine()}.",
+            f"Written by `make bench` (`{Path(sys.executable).name} -m bench --repeats {args.repeats}`)",
+            f"on {machine()}.",
             "Every comparison alternates its two sides in one run and quotes medians and pair-by-pair ratios:",
             "this machine's speed drifts by 2x from hour to hour, so a lone absolute time means little.",
             "",

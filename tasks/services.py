@@ -21,9 +21,11 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 SQLITE_BUSY_TIMEOUT_SECONDS = 60
 MLFLOW_HTTP_RETRY_DEFAULTS = {
@@ -109,6 +111,33 @@ def _redacted(uri: str) -> str:
     credentials, host = rest.rsplit("@", 1)
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}"
+
+
+_DUPLICATE_KEY = ("UNIQUE constraint failed", "duplicate key value violates unique constraint")
+
+
+def lost_insert_race(error: BaseException) -> bool:
+    """True when a write failed only because a concurrent writer inserted the same unique row first.
+
+    MLflow's `log_inputs` looks a dataset up and inserts it when missing, in one transaction: two
+    runs logging the same data at once can both miss it, and the second insert breaks the UNIQUE
+    key (SQLite and PostgreSQL spell it differently; over HTTP only the message survives).
+    """
+    return any(marker in str(cause) for cause in _chain(error) for marker in _DUPLICATE_KEY)
+
+
+def retry_lost_race(write: Callable[[], T], attempts: int = 3) -> T:
+    """`write()`, repeated when it lost an insert race: the retry finds the winner's row and uses it.
+
+    Only for writes that look up before inserting (idempotent on retry); any other error is raised.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except Exception as error:
+            if attempt == attempts or not lost_insert_race(error):
+                raise
+    raise AssertionError("unreachable")
 
 
 def is_transient(error: BaseException) -> bool:

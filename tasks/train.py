@@ -41,6 +41,7 @@ from tasks.lineage import RunContext
 from tasks.model import features_and_target, fit_pipeline, metric_value, model_classes, predict_scores
 from tasks.registry import TAG_BEST_PARAMS, TAG_FITTED_UNTIL, TAG_FLOW_RUN, TAG_IDEMPOTENCY_KEY
 from tasks.score import score_frame
+from tasks.services import retry_lost_race
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.split import Splits
 from tasks.stores import DataStore, Stores
@@ -136,7 +137,8 @@ def train(
             with warnings.catch_warnings():  # MLflow registers two equivalent sources for file:// URIs
                 warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
                 dataset = from_pandas(frame, source=source, targets=config.target, name=f"{config.name}-{context_name}")
-            mlflow.log_input(dataset, context=context_name)
+            # two runs on the same data may insert its dataset row at once: the loser links to the winner's
+            retry_lost_race(lambda: mlflow.log_input(dataset, context=context_name))  # noqa: B023 (called at once)
         mlflow.log_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), "config/training.yaml")
         mlflow.log_dict(tuning.summary(), "tuning/study.json")
         mlflow.log_table(pd.DataFrame(tuning.trials), "tuning/trials.json")
