@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 CONFIG ?= configs/flights.yaml
 PYTEST_ARGS ?=
+# pytest-xdist workers for make test: a module's tests stay on one worker (they share its servers)
+TEST_WORKERS ?= auto
 
 export DRIFTLOOP_HOME ?= $(CURDIR)/.driftloop
 export PREFECT_HOME ?= $(DRIFTLOOP_HOME)/prefect
@@ -60,11 +62,11 @@ browser: ## Debian's chromium for the UI test (installed with apt-get when missi
 
 test: venv browser ## the whole suite: unit, data, flow (Prefect test harness) and end-to-end (real server)
 	@# pytest exits 5 when nothing was collected (e.g. a -k filter matching nothing): say so plainly.
-	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5); nothing ran"; exit 0; fi; exit $$rc
 
 test-fast: venv ## unit and data tests only, no Prefect server
-	$(BIN)/pytest tests/unit tests/data $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) tests/unit tests/data $(PYTEST_ARGS)
 
 bench: venv ## the benchmarks, side by side on this machine: writes BENCHMARKS.md (not part of make test)
 	$(BIN)/python -m bench
