@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.local_stack import prefect_server
@@ -63,6 +65,18 @@ class World:
             [sys.executable, "-m", "flows.training", "--config", str(self.config_path), *args],
             cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_workers_flushed_after_the_module() -> Iterator[None]:
+    """Prefect's event and log workers live per process, not per API: flush them between modules.
+
+    Under pytest-xdist one process runs several modules, each with its own servers; a worker left
+    running would carry the next module's events and logs to this module's server.
+    """
+    yield
+    EventsWorker.drain_all(timeout=30)
+    APILogWorker.drain_all(timeout=30)
 
 
 @pytest.fixture(scope="session")

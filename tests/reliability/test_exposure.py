@@ -30,6 +30,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.tracking._model_registry import utils as registry_utils  # private: see mlflow_uris_restored
 from mlflow.tracking._tracking_service import utils as tracking_utils
+from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
@@ -332,6 +333,24 @@ def mlflow_uris_restored() -> Iterator[None]:
                 os.environ[name] = value
 
 
+@contextmanager
+def prefect_pointed_at(stack: Stack) -> Iterator[None]:
+    """Prefect settings for the stack, with the process-wide event and log workers started under them.
+
+    Those workers are singletons keyed by client type, not by API URL: one started by an earlier test
+    in this process (under pytest-xdist, another module's server) would carry this test's events and
+    logs to that server, and the searches below would find nothing there to fail on.
+    """
+    EventsWorker.drain_all(timeout=30)
+    APILogWorker.drain_all(timeout=30)
+    try:
+        with temporary_settings({PREFECT_API_URL: stack.prefect_api, PREFECT_API_AUTH_STRING: stack.prefect_auth}):
+            yield
+    finally:
+        EventsWorker.drain_all(timeout=30)
+        APILogWorker.drain_all(timeout=30)
+
+
 def _wait_for_drift_event(stack: Stack, since: datetime) -> None:
     body = {"filter": {"event": {"name": [DRIFT_EVENT]}, "occurred": {"since": since.isoformat()}}, "limit": 10}
     user, _, password = stack.prefect_auth.partition(":")
@@ -379,10 +398,7 @@ def test_secrets_never_appear_in_logs_runs_reports_or_files(
         caplog.set_level(logging.DEBUG, logger=transport)
     started = datetime.now(UTC) - timedelta(seconds=5)
 
-    with (
-        mlflow_uris_restored(),
-        temporary_settings({PREFECT_API_URL: stack.prefect_api, PREFECT_API_AUTH_STRING: stack.prefect_auth}),
-    ):
+    with mlflow_uris_restored(), prefect_pointed_at(stack):
         assert training(config=config, reason="exposure canary").outcome == "promoted"
         scoring(config=shifted)
         outcome = monitoring(config=config, as_of=datetime(2013, 6, 30, tzinfo=UTC))
