@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import skops.io
 import yaml
 from mlflow import MlflowClient
 
@@ -130,6 +129,10 @@ def load_verified_folder(folder: Path, recorded: Manifest, what: str) -> Any:
         raise UntrustedModelError(
             f"{what}: serialized as {flavor.get('serialization_format', 'pickle')!r}; only skops is loaded"
         )
+    # skops lists every scikit-learn estimator when it is imported (~3 s): imported where a model is
+    # read, not by every flow process that imports this module (a triggered run reaches Running sooner)
+    import skops.io
+
     path = folder / flavor["pickled_model"]
     untrusted = sorted(set(skops.io.get_untrusted_types(file=path)) - set(SKOPS_TRUSTED_TYPES))
     if untrusted:
