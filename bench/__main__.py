@@ -10,10 +10,12 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import overhead
+from bench import overhead, trigger_latency
 from bench.timing import REPO_ROOT
 
 OVERHEAD_CONFIGS = ["configs/flights.yaml", "configs/bikeshare.yaml"]  # make run's window, and a small dataset
+TRIGGER_CONFIG = "configs/flights.yaml"
+TRIGGER_POLLS = [10, 2]  # Prefect's default runner poll, and the one the local stack sets
 
 
 def machine() -> str:
@@ -29,15 +31,20 @@ def machine() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3, help="alternating pairs per comparison (default 3)")
+    parser.add_argument("--events", type=int, default=20, help="drift events per runner poll setting (default 20)")
     parser.add_argument("--output", default=str(REPO_ROOT / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    sections = [overhead.run([REPO_ROOT / path for path in OVERHEAD_CONFIGS], args.repeats)]
+    sections = [
+        overhead.run([REPO_ROOT / path for path in OVERHEAD_CONFIGS], args.repeats),
+        trigger_latency.run(REPO_ROOT / TRIGGER_CONFIG, TRIGGER_POLLS, args.events),
+    ]
     text = "\n".join(
         [
             "# driftloop benchmarks",
             "",
-            f"Written by `make bench` (`{Path(sys.executable).name} -m bench --repeats {args.repeats}`)",
+            f"Written by `make bench` (`{Path(sys.executable).name} -m bench --repeats {args.repeats}"
+            f" --events {args.events}`)",
             f"on {machine()}.",
             "Every comparison alternates its two sides in one run and quotes medians and pair-by-pair ratios:",
             "this machine's speed drifts by 2x from hour to hour, so a lone absolute time means little.",
