@@ -38,6 +38,18 @@ if TYPE_CHECKING:
 MISSING = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
 
 
+def _unless_missing(lookup: Callable[[], Any]) -> Any:
+    """What `lookup` returns, or None when MLflow says the model, version or alias is not there."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return lookup()
+    except MlflowException as error:
+        if error.error_code in MISSING:
+            return None
+        raise
+
+
 @dataclass(frozen=True)
 class RunSummary:
     run_id: str
@@ -92,25 +104,15 @@ class ClientView:
         self.client = client
 
     def version_by_alias(self, name: str, alias: str) -> VersionRef | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            found = self.client.get_model_version_by_alias(name, alias)
-        except MlflowException as error:
-            if error.error_code in MISSING:
-                return None
-            raise
+        found = _unless_missing(lambda: self.client.get_model_version_by_alias(name, alias))
+        if found is None:
+            return None
         return VersionRef(name, str(found.version), found.run_id or None, dict(found.tags))
 
     def version(self, name: str, version: str) -> VersionFacts | None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            found = self.client.get_model_version(name, version)
-        except MlflowException as error:
-            if error.error_code in MISSING:
-                return None
-            raise
+        found = _unless_missing(lambda: self.client.get_model_version(name, version))
+        if found is None:
+            return None
         ref = VersionRef(name, str(found.version), found.run_id or None, dict(found.tags))
         return VersionFacts(ref, int(found.creation_timestamp), sorted(found.aliases or []))
 
