@@ -69,6 +69,7 @@ test-fast: venv ## unit and data tests only, no Prefect server
 	$(BIN)/pytest -n $(TEST_WORKERS) tests/unit tests/data $(PYTEST_ARGS)
 
 bench: venv ## the benchmarks, side by side on this machine: writes BENCHMARKS.md (not part of make test)
+	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m bench
 
 lint: venv ## ruff
