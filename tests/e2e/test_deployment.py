@@ -21,6 +21,7 @@ from flows.local_stack import PREFECT, LocalStack, local_stack, stop, wait_until
 from tasks.registry import CHAMPION
 from tasks.settings import load_config
 from tasks.stores import Stores
+from tests.budget import with_small_budget
 from tests.e2e.browser import dom, rendered_text, screenshot
 from tests.shifts import february_moved_to_june_with_summer_weather
 
@@ -33,8 +34,7 @@ MODEL = "flights-late-arrival"
 def world(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Iterator[LocalStack]:
     """A Prefect server and a serving process with their own homes, for this module."""
     root = tmp_path_factory.mktemp("e2e")
-    config = yaml.safe_load((repo_root / "configs" / "flights.yaml").read_text())
-    config["tuning"].update({"n_trials": 3, "timeout_seconds": 120})
+    config = with_small_budget(yaml.safe_load((repo_root / "configs" / "flights.yaml").read_text()))
     config_path = root / "flights.yaml"
     config_path.write_text(yaml.safe_dump(config))
     with local_stack(root / "home", [config_path]) as stack:

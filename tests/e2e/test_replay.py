@@ -12,14 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 
+from tests.budget import with_small_budget
+
 pytestmark = pytest.mark.e2e
 
 DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")
 
 
 def short(repo_root: Path, tmp_path: Path, name: str) -> Path:
-    config = yaml.safe_load((repo_root / "configs" / f"{name}.yaml").read_text())
-    config["tuning"].update({"n_trials": 3, "timeout_seconds": 120})
+    config = with_small_budget(yaml.safe_load((repo_root / "configs" / f"{name}.yaml").read_text()))
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

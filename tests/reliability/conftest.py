@@ -23,6 +23,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from flows.local_stack import prefect_server
 from tasks.faults import FAILPOINTS_ENV
 from tasks.stores import Stores
+from tests.budget import with_small_budget
 
 MODEL = "flights-late-arrival"
 DATASET = "flights"
@@ -94,8 +95,7 @@ def world(
     api, server_env = prefect_api
     home = tmp_path / "home"
     home.mkdir()
-    config = yaml.safe_load((repo_root / "configs" / "flights.yaml").read_text())
-    config["tuning"].update({"n_trials": 3, "timeout_seconds": 120})
+    config = with_small_budget(yaml.safe_load((repo_root / "configs" / "flights.yaml").read_text()))
     config_path = tmp_path / "flights.yaml"
     config_path.write_text(yaml.safe_dump(config))
     monkeypatch.setenv("DRIFTLOOP_HOME", str(home))
