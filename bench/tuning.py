@@ -40,6 +40,7 @@ from tasks.model import (
 from tasks.settings import ParamRange, TrainingConfig, load_config
 from tasks.split import Splits, time_split
 from tasks.threads import model_threads
+from tasks.train import holdout_metric
 from tasks.tune import run_study
 
 PEER_BLOCK = 4  # candidates per RandomizedSearchCV call; the last block may run past the budget
@@ -98,9 +99,7 @@ def distribution(dim: ParamRange) -> Any:
 def _holdout(config: TrainingConfig, splits: Splits, params: dict[str, Any]) -> float:
     fit_frame = pd.concat([splits.train, splits.validation], ignore_index=True)
     pipeline = fit_pipeline(config, {**config.model.params, **params}, *features_and_target(config, fit_frame))
-    features, target = features_and_target(config, splits.holdout)
-    scores = predict_scores(pipeline, features, config.task)
-    return float(compute_metrics(config.task, target, scores, model_classes(pipeline))[config.gate.metric])
+    return holdout_metric(config, pipeline, splits.holdout)  # as the training flow scores its candidate
 
 
 def ours(config: TrainingConfig, splits: Splits, budget: float, seed: int) -> Search:
