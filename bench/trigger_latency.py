@@ -185,12 +185,13 @@ def markdown(config: str, settings: list[Setting], idle_seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(config: Path, polls: list[int], events: int, idle_seconds: float = 30.0) -> str:
+def run(config: Path, polls: dict[int, int], idle_seconds: float = 30.0) -> str:
+    """`polls`: runner poll seconds -> how many events to time at it."""
     with tempfile.TemporaryDirectory(prefix="driftloop-bench-trigger-") as folder:
-        settings = [measure(config, poll, events, idle_seconds, Path(folder)) for poll in polls]
+        settings = [measure(config, poll, events, idle_seconds, Path(folder)) for poll, events in polls.items()]
     return markdown(config.name, settings, idle_seconds)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    print(run(Path("configs/bikeshare.yaml"), polls=[2], events=3, idle_seconds=10))
+    print(run(Path("configs/bikeshare.yaml"), polls={2: 3}, idle_seconds=10))

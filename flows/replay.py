@@ -11,6 +11,7 @@ its quality and its training cost, as files and Prefect artifacts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from flows.scoring import scoring
 from flows.training import training
 from tasks.backtest import ReplayError, ReplayPlan
 from tasks.ingest import BatchReadError
+from tasks.lineage import git_revision
 from tasks.replay import (
     PeriodRow,
     ReplaySummary,
@@ -42,6 +44,7 @@ from tasks.replay import (
 )
 from tasks.replay_report import publish_replay
 from tasks.settings import TrainingConfig
+from tasks.stages import STAGES_FILE, Stopwatch, totals_markdown
 from tasks.stores import Stores
 
 INITIAL_REASON = "replay: initial training"
@@ -51,27 +54,33 @@ INITIAL_REASON = "replay: initial training"
 def replay(config: TrainingConfig, periods: int | None = None) -> ReplaySummary:
     """Replay the config's `replay:` periods (the first `periods` of them, when given)."""
     started = time.monotonic()
+    watch = Stopwatch()
     logger = get_run_logger()
     stores = Stores.from_env()
     if config.replay is None:
         raise ReplayError(f"{config.name}: the config has no replay: section to replay")
     plan = ReplayPlan.from_config(config.replay, limit=periods)
-    data = replay_data(config=config, plan=plan)
-    first = training(config=config, window=config.initial_window, reason=INITIAL_REASON)
+    with watch.timed("loading and validating the replay's data"):
+        data = replay_data(config=config, plan=plan)
+    with watch.timed("initial training"):
+        first = training(config=config, window=config.initial_window, reason=INITIAL_REASON)
     logger.info("initial champion: version %s (%s)", first.version, first.outcome)
     if first.version is None:
         raise RuntimeError(f"the initial training registered no version: {first.reason}")
     rows: list[PeriodRow] = []
     for index, period in enumerate(plan.periods):
         if data.period_rows[index]:
-            scoring(config=config, window=period)
+            with watch.timed("scoring", f"scoring {period.label()}"):
+                scoring(config=config, window=period)
         if (arrived := plan.labels_arriving(index)) is not None:
-            record_arrived_labels(config=config, window=arrived, stores=stores)
-        outcome = monitoring(
-            config=config,
-            as_of=datetime.combine(period.end, datetime.min.time(), tzinfo=UTC),
-            labelled_until=plan.labelled_until(index + 1),
-        )
+            with watch.timed("labels arriving", f"labels {arrived.label()}"):
+                record_arrived_labels(config=config, window=arrived, stores=stores)
+        with watch.timed("monitoring", f"monitoring {period.label()}"):
+            outcome = monitoring(
+                config=config,
+                as_of=datetime.combine(period.end, datetime.min.time(), tzinfo=UTC),
+                labelled_until=plan.labelled_until(index + 1),
+            )
         row = PeriodRow(
             period=period.label(), champion_version="-", rows=data.period_rows[index], loop=float("nan"),
             static=float("nan"), always=float("nan"), drift=outcome.status,
@@ -82,12 +91,13 @@ def replay(config: TrainingConfig, periods: int | None = None) -> ReplaySummary:
         )  # fmt: skip
         if outcome.event_id and outcome.event_at:
             reason = f"drift event {outcome.event_id}"
-            run = wait_for_triggered_training(
-                config=config,
-                event_id=outcome.event_id,
-                emitted_at=outcome.event_at,
-                timeout_minutes=config.replay.training_timeout_minutes,
-            )
+            with watch.timed("triggered training (event to its end)", f"retraining after {period.label()}"):
+                run = wait_for_triggered_training(
+                    config=config,
+                    event_id=outcome.event_id,
+                    emitted_at=outcome.event_at,
+                    timeout_minutes=config.replay.training_timeout_minutes,
+                )
             row.promoted, row.why = decision_of(config, reason)
             if run["state"] != "COMPLETED":
                 row.why = f"the triggered run ended {run['state']}; the champion stays. {row.why}"
@@ -101,16 +111,18 @@ def replay(config: TrainingConfig, periods: int | None = None) -> ReplaySummary:
         )  # fmt: skip
     for window in plan.labels_never_arrived():  # after the replay, so the loop can be measured on them too
         record_arrived_labels(config=config, window=window, stores=stores)
-    baselines, loop, champions, replaced = backtest(
-        config=config, plan=plan, data=data, static_version=first.version, stores=stores
-    )
+    with watch.timed("baselines and the loop's scores (static, always, frontier)"):
+        baselines, loop, champions, replaced = backtest(
+            config=config, plan=plan, data=data, static_version=first.version, stores=stores
+        )
     for index, row in enumerate(rows):
         row.loop, row.champion_version, row.replaced = loop[index], champions[index], replaced[index]
         if baselines is not None:
             row.static, row.always = baselines.static[index], baselines.always[index]
     summary = summarise(config, rows, baselines, training_cpu_seconds(config, INITIAL_REASON))
-    publish_replay(config=config, summary=summary, stores=stores, seconds=time.monotonic() - started)
-    return summary
+    with watch.timed("report and plots"):
+        publish_replay(config=config, summary=summary, stores=stores, seconds=time.monotonic() - started)
+    return dataclasses.replace(summary, stopwatch=watch)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -143,20 +155,32 @@ def run(config_path: str, periods: int | None) -> int:
         print(f"replay stopped: {error}", file=sys.stderr)
         return EXIT_STOPPED
     print(f"starting a local Prefect server and serving the deployments (logs: {stores.home / 'run'})")
+    outer = Stopwatch()
     try:
+        stack_started = time.monotonic()
         with local_stack(stores.home, [Path(config_path)], schedules=False) as stack:
+            outer.add("server start and serving the deployments", time.monotonic() - stack_started)
             print(f"Prefect UI: {stack.api_url.removesuffix('/api')} (open while the replay runs)")
             with temporary_settings(updates={PREFECT_API_URL: stack.api_url}):
-                summary = replay(config=config, periods=periods)
+                with outer.timed("the replay flow"):
+                    summary = replay(config=config, periods=periods)
                 # the last logs and events go while the server is up: at exit they would retry a stopped one
                 APILogWorker.drain_all(timeout=30)
                 EventsWorker.drain_all(timeout=30)
+            stack_stopped = time.monotonic()
+        outer.add("server stop", time.monotonic() - stack_stopped)
     except (ReplayError, BatchReadError) as error:
         print(f"replay stopped: {error}", file=sys.stderr)
         return EXIT_STOPPED
     folder = stores.home / "replay" / config.name
+    whole = time.monotonic() - began
+    watch = Stopwatch([*outer.stages[:1], *summary.stopwatch.stages, *outer.stages[2:]])
+    watch.write(folder, config=config_path, commit=git_revision(), finished_at=datetime.now(UTC).isoformat(),
+                seconds=f"{whole:.1f}", flow_seconds=f"{outer.stages[1].seconds:.1f}")  # fmt: skip
     print((folder / "summary.md").read_text())
-    print(f"replay finished in {time.monotonic() - began:.0f} s; {len(summary.rows)} period(s); files in {folder}")
+    print(f"Where the {whole:.0f} s went ({folder / STAGES_FILE}):\n")
+    print(totals_markdown(watch, whole))
+    print(f"replay finished in {whole:.0f} s; {len(summary.rows)} period(s); files in {folder}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Drift measured: a reference and a current frame in, a `DriftResult` of effect sizes out (Evidently).
+"""Drift measured: a reference and a current frame in, a `DriftResult` of effect sizes out.
 
 One of four modules of monitoring, each with one role: this one measures; tasks/drift_policy.py
 decides (pure: a result, the policy, the last alert and "now" in, a decision out);
@@ -6,11 +6,20 @@ tasks/drift_summary.py presents (the markdown summary, the HTML report in the st
 tasks/alerts.py remembers the alerts the cool-down reads. Evidently is imported lazily: it costs
 seconds, and most importers (the policy, the flows' argument parsing) never need it.
 
+Method. The decision reads every row: each column's statistics come from one vectorised pass
+over both sides (`tasks.drift_null.compare`: Evidently's own normed Wasserstein and Jensen-Shannon
+formulas, held equal to its functions by the tests), so there is no sampling error in what decides.
+Evidently builds the HTML report (same methods, same thresholds) on at most
+`monitoring.report_rows` rows per side, a seeded uniform sample where a side is larger; the
+result says so (`report_rows`) and the summary prints it. Where nothing is sampled the report's
+scores equal the decision's; where it is, they differ by sampling error only (BENCHMARKS.md
+section 3 measures it), and a column near its threshold may be flagged on one and not the other.
+
 Conventions, chosen once and used everywhere:
 
 - A column's distance drifts when it is >= its threshold, as Evidently's own Wasserstein and
-  Jensen-Shannon tests decide, so those flags and the HTML report never disagree. Thresholds are
-  the model's calibrated null (tasks/drift_null.py) unless the config fixes them.
+  Jensen-Shannon tests decide. Thresholds are the model's calibrated null (tasks/drift_null.py)
+  unless the config fixes them.
 - On top of the distance, a feature is flagged when its null rate changed, or (categories) its
   share of values the reference never had grew, beyond the calibrated null: Evidently drops
   missing values, so a column half of whose values stopped arriving can keep its distance.
@@ -30,15 +39,13 @@ import logging
 import math
 import re
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from tasks.drift_null import Compared, NullThresholds, calibrate, compare
 from tasks.settings import METRIC_DIRECTIONS, TrainingConfig
-
-if TYPE_CHECKING:
-    from tasks.drift_null import NullThresholds
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,7 @@ log = logging.getLogger(__name__)
 NUMERIC_METHOD = "wasserstein"  # Wasserstein distance normed by the reference std
 CATEGORICAL_METHOD = "jensenshannon"  # Jensen-Shannon distance, in [0, 1]
 ALL_NULL_METHOD = "all_null"  # decided here, not by Evidently (see the module docstring)
+REPORT_SAMPLE_SEED = 0  # the HTML report's sample is reproducible
 
 # --------------------------------------------------------------------------- results
 
@@ -101,6 +109,8 @@ class DriftResult:
     label: ColumnDrift | None = None
     min_drifted: int | None = None  # flagged features feature drift needs (calibrated or from the share)
     alone_ratio: float = math.inf  # or one feature at this multiple of its threshold (calibrated only)
+    # (reference, current) rows the HTML report was run on where it sampled; None = every row
+    report_rows: tuple[int, int] | None = None
 
     def drifted_columns(self) -> list[ColumnDrift]:
         """Drifted features, largest score first (a non-finite score counts as drifted)."""
@@ -214,8 +224,11 @@ def _prepare(frame: pd.DataFrame, numeric: list[str], categorical: list[str]) ->
     return out
 
 
-def _value_drift_scores(snapshot_dict: dict[str, Any]) -> dict[str, tuple[str, float, float]]:
-    """column -> (method, score, threshold) from the ValueDrift metrics of `Snapshot.dict()`."""
+def evidently_scores(snapshot_dict: dict[str, Any]) -> dict[str, tuple[str, float, float]]:
+    """column -> (method, score, threshold) from the ValueDrift metrics of `Snapshot.dict()`.
+
+    What the HTML report shows; the decision does not read it (tests and bench/ compare the two).
+    """
     scores: dict[str, tuple[str, float, float]] = {}
     for metric in snapshot_dict.get("metrics", []):
         config = metric.get("config", {})
@@ -293,8 +306,6 @@ def drift_report(
     if current.empty:
         return DriftResult(0, len(reference), [], math.nan), None
     if null is None and policy.needs_null:
-        from tasks.drift_null import calibrate
-
         null = calibrate(reference, config, prediction_column)
     limits = Limits.of(config, null)
 
@@ -320,43 +331,37 @@ def drift_report(
             with_prediction = False
     label_frames = _labelled(reference, current, config) if limits.label is not None else None
 
-    snapshot = None
-    scores: dict[str, tuple[str, float, float]] = {}
-    if numeric or categorical or with_prediction or label_frames is not None:
-        num_cols = numeric + ([prediction_column] if with_prediction and prediction_numeric else [])
-        cat_cols = categorical + ([prediction_column] if with_prediction and not prediction_numeric else [])
-        ref_frame = _prepare(reference, num_cols, cat_cols)
-        cur_frame = _prepare(current, num_cols, cat_cols)
-        label_column = None
-        if label_frames is not None:
-            label_column = config.target  # never a feature (the config refuses it)
-            ref_frame[label_column], cur_frame[label_column] = label_frames
-            (cat_cols if config.task != "regression" else num_cols).append(label_column)
-        snapshot = _run_evidently(
-            ref_frame,
-            cur_frame,
-            num_cols,
-            cat_cols,
-            features=numeric + categorical,
-            prediction=(prediction_column, prediction_numeric) if with_prediction else None,
-            label=(label_column, config.task == "regression") if label_column else None,
-            limits=limits,
-        )
-        scores = _value_drift_scores(snapshot.dict())
+    # The decision: every statistic on every row, vectorised (Evidently's formulas, held equal to
+    # its functions by tests/unit/test_drift_null.py).
+    compared = {
+        column: compare(reference[column], current[column], column in config.features.numeric)
+        for column in features
+        if column in reference.columns and column in current.columns
+    }
+    label_numeric = config.task == "regression"
+    label_stats = compare(*label_frames, label_numeric) if label_frames is not None else None
 
-    quality = _quality_flags(reference, current, config, limits)
+    snapshot, shown = None, None
+    if numeric or categorical or with_prediction or label_frames is not None:
+        snapshot, shown = _evidently_report(
+            reference, current, config, limits, numeric, categorical, prediction_column, with_prediction, label_frames
+        )
+
+    quality = _quality_flags(compared, limits)
     columns = [
         dataclasses.replace(
-            decided.get(column) or _from_scores(column, scores, limits.column[column]),
+            decided.get(column)
+            or _measured(column, column in config.features.numeric, compared.get(column), limits.column[column]),
             quality=quality.get(column, ()),
         )
         for column in features
     ]
     if with_prediction:
-        prediction = _from_scores(prediction_column, scores, limits.prediction)
+        stats = compare(reference[prediction_column], current[prediction_column], prediction_numeric)
+        prediction = _measured(prediction_column, prediction_numeric, stats, limits.prediction)
     label = None
-    if label_frames is not None and limits.label is not None:
-        label = _from_scores(config.target, scores, limits.label)
+    if label_stats is not None and limits.label is not None:
+        label = _measured(config.target, label_numeric, label_stats, limits.label)
     result = DriftResult(
         rows_current=len(current),
         rows_reference=len(reference),
@@ -366,8 +371,61 @@ def drift_report(
         label=label,
         min_drifted=limits.min_drifted,
         alone_ratio=limits.alone_ratio,
+        report_rows=shown,
     )
     return result, snapshot
+
+
+def _evidently_report(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    config: TrainingConfig,
+    limits: Limits,
+    numeric: list[str],
+    categorical: list[str],
+    prediction_column: str,
+    with_prediction: bool,
+    label_frames: tuple[pd.Series, pd.Series] | None,
+) -> tuple[Any, tuple[int, int] | None]:
+    """The HTML report's Snapshot, on at most `monitoring.report_rows` rows per side.
+
+    Returns (snapshot, (reference rows, current rows) shown) where a side was sampled, else None.
+    A uniform sample without replacement, seeded, so a report can be rebuilt; the decision never
+    reads it (Evidently costs ~60 s and 1.5 GB at a million rows, BENCHMARKS.md section 3).
+    """
+    most = config.monitoring.report_rows
+    sampled = len(reference) > most or len(current) > most
+    ref_rows, cur_rows = _sample_rows(len(reference), most), _sample_rows(len(current), most)
+    reference, current = reference.iloc[ref_rows], current.iloc[cur_rows]  # before any copy is made
+    prediction_numeric = config.task != "multiclass"
+    num_cols = numeric + ([prediction_column] if with_prediction and prediction_numeric else [])
+    cat_cols = categorical + ([prediction_column] if with_prediction and not prediction_numeric else [])
+    ref_frame = _prepare(reference, num_cols, cat_cols)
+    cur_frame = _prepare(current, num_cols, cat_cols)
+    label_column = None
+    if label_frames is not None:
+        label_column = config.target  # never a feature (the config refuses it)
+        ref_frame[label_column] = label_frames[0].iloc[ref_rows].to_numpy()
+        cur_frame[label_column] = label_frames[1].iloc[cur_rows].to_numpy()
+        (cat_cols if config.task != "regression" else num_cols).append(label_column)
+    snapshot = _run_evidently(
+        ref_frame,
+        cur_frame,
+        num_cols,
+        cat_cols,
+        features=numeric + categorical,
+        prediction=(prediction_column, prediction_numeric) if with_prediction else None,
+        label=(label_column, config.task == "regression") if label_column else None,
+        limits=limits,
+    )
+    return snapshot, (len(ref_frame), len(cur_frame)) if sampled else None
+
+
+def _sample_rows(rows: int, most: int) -> np.ndarray:
+    """Positions of a seeded uniform sample without replacement (all of them, in order, if few enough)."""
+    if rows <= most:
+        return np.arange(rows)
+    return np.sort(np.random.default_rng(REPORT_SAMPLE_SEED).choice(rows, size=most, replace=False))
 
 
 def _labelled(
@@ -400,21 +458,17 @@ def class_text(values: pd.Series) -> pd.Series:
     return values.astype(object).where(values.isna(), values.astype(str))
 
 
-def _quality_flags(
-    reference: pd.DataFrame, current: pd.DataFrame, config: TrainingConfig, limits: Limits
-) -> dict[str, tuple[str, ...]]:
+def _quality_flags(compared: dict[str, Compared], limits: Limits) -> dict[str, tuple[str, ...]]:
     """Per feature, the rate statistics past their calibrated null (none without a calibration)."""
-    if not limits.null_rate and not limits.unseen:
-        return {}
-    from tasks.drift_null import observed_rates
-
     flags: dict[str, tuple[str, ...]] = {}
-    for column, rates in observed_rates(reference, current, config).items():
+    for column in limits.column:
+        if column not in compared:
+            continue
         found = []
-        change, at = rates.get("null_rate_change", math.nan), limits.null_rate.get(column, math.inf)
+        change, at = compared[column].null_rate_change, limits.null_rate.get(column, math.inf)
         if math.isfinite(change) and change >= at:
             found.append(f"null rate changed by {change:.3f} >= {at:.3f}")
-        unseen, at = rates.get("unseen_share", math.nan), limits.unseen.get(column, math.inf)
+        unseen, at = compared[column].unseen_share, limits.unseen.get(column, math.inf)
         if math.isfinite(unseen) and unseen >= at:
             found.append(f"unseen categories in {unseen:.3f} of rows >= {at:.3f}")
         if found:
@@ -422,11 +476,11 @@ def _quality_flags(
     return flags
 
 
-def _from_scores(column: str, scores: dict[str, tuple[str, float, float]], threshold: float) -> ColumnDrift:
-    """A column Evidently should have scored; a missing score is NaN, hence drifted, never silently fine."""
-    method, score, _ = scores.get(column, ("missing", math.nan, threshold))
-    drifted = not math.isfinite(score) or score >= threshold
-    return ColumnDrift(column, method, score, threshold, drifted)
+def _measured(column: str, numeric: bool, stats: Compared | None, threshold: float) -> ColumnDrift:
+    """A column that should have been measured; a missing or non-finite distance is drifted, never fine."""
+    score = stats.distance if stats is not None else math.nan
+    method = NUMERIC_METHOD if numeric else CATEGORICAL_METHOD
+    return ColumnDrift(column, method, score, threshold, drifted=not math.isfinite(score) or score >= threshold)
 
 
 def _run_evidently(

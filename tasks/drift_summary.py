@@ -59,8 +59,21 @@ def summary_markdown(
         )
     else:
         lines.append("Performance: not enough labelled rows yet.")
-    lines += ["", f"Report: [{report_uri}]({report_uri})" if report_uri else "Report: none (Evidently not run)."]
+    lines += ["", _report_line(result, report_uri)]
     return "\n".join(lines) + "\n"
+
+
+def _report_line(result: DriftResult, report_uri: str | None) -> str:
+    if not report_uri:
+        return "Report: none (Evidently not run)."
+    line = f"Report: [{report_uri}]({report_uri})"
+    if result.report_rows is not None:
+        shown_reference, shown_current = result.report_rows
+        line += (
+            f", Evidently on a uniform sample of {shown_current} current and {shown_reference} reference rows"
+            " (the decision above used every row)"
+        )
+    return line + "."
 
 
 def _ratio(column: ColumnDrift) -> str:

@@ -35,6 +35,7 @@ from tasks.ingest import land_labels, read_source, rows_in
 from tasks.registry import get_version
 from tasks.score import record_labels
 from tasks.settings import TimeWindow, TrainingConfig
+from tasks.stages import Stopwatch
 from tasks.stores import DataStore, Stores
 from tasks.validate import build_schema, schema_failures
 
@@ -85,6 +86,7 @@ class ReplaySummary:
     # serves none, so the frontier is read at these counts
     serving_retrains: int = 0
     serving_promotions: int = 0
+    stopwatch: Stopwatch = field(default_factory=Stopwatch)  # the replay's wall time by stage
 
     def line(self, name: str) -> Line:
         return next(line for line in self.lines if line.name == name)

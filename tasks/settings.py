@@ -366,6 +366,9 @@ class MonitoringConfig(Strict):
     min_labelled_rows: int = Field(500, ge=1)
     cooldown_hours: float = Field(24.0, ge=0.0, le=24 * 366, description="no second alert within this time")
     retrain_window_days: int = Field(59, ge=7, le=3660, description="trailing window a drift retrain uses")
+    report_rows: int = Field(
+        20_000, ge=1_000, description="rows per side the Evidently HTML report is built on (a sample above)"
+    )
 
     @property
     def needs_null(self) -> bool:

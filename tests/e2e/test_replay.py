@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from tasks.stages import STAGES_FILE, read_stages
 from tests.budget import with_small_budget
 
 pytestmark = pytest.mark.e2e
@@ -54,6 +55,18 @@ def test_the_flights_replay_of_one_month_writes_the_tables_and_the_plot(tmp_path
     assert "Loop regret" in run.stdout
     assert "training CPU of the retrains" in run.stdout
     assert (folder / "quality.png").read_bytes()[:4] == b"\x89PNG"
+    # where the wall time went, by stage, in the order the run took them
+    watch, context = read_stages(folder / STAGES_FILE)
+    kinds = [stage.kind for stage in watch.stages]
+    assert kinds[:3] == ["server start and serving the deployments", "loading and validating the replay's data",
+                         "initial training"]  # fmt: skip
+    assert kinds.count("scoring") == 1
+    assert kinds.count("monitoring") == 1
+    assert kinds[-1] == "server stop"
+    assert all(stage.seconds >= 0 for stage in watch.stages)
+    assert sum(stage.seconds for stage in watch.stages) <= float(context["seconds"])
+    assert watch.stages[2].seconds > 5  # a real training ran in it
+    assert "| initial training | 1 |" in run.stdout
 
 
 @pytest.mark.parametrize(("name", "metric"), [("bikeshare", "rmse"), ("seattle-weather", "f1_macro")])

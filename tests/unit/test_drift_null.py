@@ -12,7 +12,7 @@ from evidently.legacy.calculations.stattests.jensenshannon import _jensenshannon
 from evidently.legacy.calculations.stattests.wasserstein_distance_norm import _wasserstein_distance_norm
 from evidently.legacy.core import ColumnType
 
-from tasks.drift import drift_report
+from tasks.drift import drift_report, evidently_scores
 from tasks.drift_null import DayBlocks, NullThresholds, calibrate, counts, distance, encode
 from tasks.drift_policy import decide_drift
 from tasks.settings import TrainingConfig
@@ -151,9 +151,11 @@ def test_label_drift_is_measured_on_labelled_rows_and_named_in_the_decision(conf
     null = calibrate(reference, config)
     current = days_frame(days=14, rows_per_day=100, seed=3, start="2024-03-01", y=0.4)  # 30% -> 70% positive
     current["y"] = current["y"].astype(float)  # labels joined later arrive as floats: same classes
-    result, _ = drift_report(reference, current, config, prediction_column="none", null=null)
+    result, snapshot = drift_report(reference, current, config, prediction_column="none", null=null)
     assert result.label is not None
     assert result.label.score > result.label.threshold
+    # the HTML report, seeing every row here, shows the score the decision used
+    assert evidently_scores(snapshot.dict())["y"][1] == pytest.approx(result.label.score, rel=1e-9)
     decision = decide_drift(result, config.monitoring, None, NOW)
     assert decision.retrain
     assert any(r.startswith("label drift: jensenshannon") and "x the threshold" in r for r in decision.reasons)

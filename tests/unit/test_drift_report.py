@@ -18,7 +18,7 @@ from tasks import drift
 from tasks.alerts import last_alert_at, record_alert
 from tasks.drift import ALL_NULL_METHOD, drift_report, performance_check
 from tasks.drift_policy import decide_drift
-from tasks.drift_summary import save_report_html
+from tasks.drift_summary import save_report_html, summary_markdown
 from tasks.settings import TrainingConfig
 from tasks.stores import DataStore
 
@@ -94,6 +94,39 @@ def test_same_distribution_gives_no_drifted_columns(config):
     assert all(0.0 <= c.score < 0.1 for c in result.columns)
     assert not any(c.drifted for c in result.columns)
     assert decide_drift(result, config.monitoring, None, datetime(2024, 3, 1, tzinfo=UTC)).status == "no_drift"
+
+
+def test_the_html_report_scores_equal_the_decisions_when_it_sees_every_row(make_config):
+    """Our vectorised distances decide; Evidently draws the report. On the same rows they agree."""
+    config = make_config("binary", monitoring={**MONITORING, "report_rows": 5000})
+    reference = frame(seed=1, prediction="stable")
+    current = frame(seed=2, x1_shift=0.4, c1_p=(0.5, 0.3, 0.2), prediction="shifted")
+    result, snapshot = drift_report(reference, current, config)
+    shown = drift.evidently_scores(snapshot.dict())
+    ours = {c.column: c for c in [*result.columns, result.prediction, result.label] if c is not None}
+    assert set(ours) == {"x1", "x2", "c1", "prediction"}
+    for name, column in ours.items():
+        method, score, threshold = shown[name]
+        assert (column.method, column.threshold) == (method, threshold)
+        assert column.score == pytest.approx(score, rel=1e-9), name
+    assert result.report_rows is None
+
+
+def test_past_report_rows_the_report_samples_and_the_decision_still_reads_every_row(make_config):
+    whole = make_config("binary", monitoring={**MONITORING, "report_rows": 10_000})
+    sampled = make_config("binary", monitoring={**MONITORING, "report_rows": 1000})
+    reference, current = frame(rows=3000, seed=1), frame(rows=2500, seed=2, x1_shift=0.5)
+    full, _ = drift_report(reference, current, whole)
+    result, snapshot = drift_report(reference, current, sampled)
+
+    assert result.report_rows == (1000, 1000)
+    assert [c.score for c in result.columns] == [c.score for c in full.columns]  # not the sample's
+    shown = drift.evidently_scores(snapshot.dict())
+    assert shown["x1"][1] != pytest.approx(by_name(result)["x1"].score, rel=1e-6)  # Evidently saw fewer rows
+    assert shown["x1"][1] == pytest.approx(by_name(result)["x1"].score, rel=0.25)  # but the same column's shift
+    decision = decide_drift(result, sampled.monitoring, None, datetime(2024, 3, 1, tzinfo=UTC))
+    text = summary_markdown(result, decision, "file:///r.html", "check")
+    assert "uniform sample of 1000 current and 1000 reference rows" in text
 
 
 def test_small_windows_still_use_distances_not_p_values(config):
