@@ -565,8 +565,10 @@ def performance_check(
 
         blocks = DayBlocks.of(labelled[config.timestamp])
         rng = np.random.default_rng(config.tuning.seed + 2)
+        # only the columns the metric reads: each draw copies its rows, hundreds of times
+        needed = labelled[[c for c in (config.target, prediction_column, PROBABILITIES) if c in labelled.columns]]
         draws = np.array(
-            [metric_of(labelled.iloc[blocks.sample(rng, blocks.days)]) for _ in range(config.monitoring.null_draws)]
+            [metric_of(needed.iloc[blocks.sample(rng, blocks.days)]) for _ in range(config.monitoring.null_draws)]
         )
         drops = sign * (reference_value - draws[np.isfinite(draws)])
         if len(drops):
@@ -578,20 +580,19 @@ def gate_metric(
     config: TrainingConfig, y_true: pd.Series, predicted: pd.Series, probabilities: pd.Series | None = None
 ) -> float:
     """The gate metric of logged predictions; multiclass from the class probabilities when every row has them."""
-    from tasks.model import compute_metrics, multiclass_label_metrics  # sklearn: only when labels arrive
+    from tasks.model import metric_value, multiclass_label_metrics  # sklearn: only when labels arrive
 
     metric = config.gate.metric
     if config.task == "multiclass":
         if probabilities is not None and probabilities.notna().all():
             matrix, classes = probability_matrix(probabilities)
-            return float(compute_metrics("multiclass", y_true.astype(str).to_numpy(), matrix, classes)[metric])
+            return float(metric_value("multiclass", metric, y_true.astype(str).to_numpy(), matrix, classes))
         labels = multiclass_label_metrics(y_true.astype(str).to_numpy(), predicted.astype(str).to_numpy())
         return labels.get(metric, math.nan)
+    # one metric, not all of them: the performance bound asks for it `null_draws` times
     if config.task == "binary":
-        y_binary = y_true.astype("int64").to_numpy()
-        return float(compute_metrics("binary", y_binary, predicted.astype(float).to_numpy())[metric])
-    y_float = y_true.astype(float).to_numpy()
-    return float(compute_metrics("regression", y_float, predicted.astype(float).to_numpy())[metric])
+        return metric_value("binary", metric, y_true.astype("int64").to_numpy(), predicted.astype(float).to_numpy())
+    return metric_value("regression", metric, y_true.astype(float).to_numpy(), predicted.astype(float).to_numpy())
 
 
 def probability_matrix(probabilities: pd.Series) -> tuple[np.ndarray, list[str]]:

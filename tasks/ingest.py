@@ -13,6 +13,7 @@ baselines and the arriving labels of a replay are made from.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import io
 from dataclasses import dataclass
@@ -144,11 +145,12 @@ def parse_batch(name: str, data: bytes) -> pd.DataFrame:
     """Decode a batch's bytes by its file suffix; any failure names the file and the problem."""
     if not data:
         raise BatchReadError(name, "empty file (0 bytes)")
+    if not name.endswith(BATCH_SUFFIXES):
+        raise BatchReadError(name, f"unsupported file type; expected one of {BATCH_SUFFIXES}")
     try:
         if name.endswith(".parquet"):
             return pd.read_parquet(io.BytesIO(data))
-        if name.endswith(".csv"):
-            return pd.read_csv(io.BytesIO(data), encoding="utf-8", low_memory=False)
+        frame = pd.read_csv(io.BytesIO(data), encoding="utf-8", low_memory=False)
     except UnicodeDecodeError as exc:
         raise BatchReadError(name, f"not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
     except pd.errors.EmptyDataError as exc:
@@ -157,7 +159,37 @@ def parse_batch(name: str, data: bytes) -> pd.DataFrame:
         raise BatchReadError(name, f"malformed CSV: {exc}") from exc
     except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) on bad Parquet
         raise BatchReadError(name, f"unreadable {name.rsplit('.', 1)[-1]}: {exc}") from exc
-    raise BatchReadError(name, f"unsupported file type; expected one of {BATCH_SUFFIXES}")
+    if (short := short_rows(data)) is not None:
+        raise BatchReadError(name, short)
+    return frame
+
+
+def short_rows(data: bytes) -> str | None:
+    """What is wrong when a CSV row has fewer fields than its header; None when none has.
+
+    pandas pads a short row with nulls without a word, so a file cut off inside its last row would
+    pass as a row with missing values (and a cut number as a smaller one). Blank lines are skipped,
+    as pandas skips them. A file cut exactly at a row's end cannot be told from a shorter file.
+    """
+    reader = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+    header = next(reader, None)
+    if header is None:
+        return None
+    width, first, count = len(header), None, 0
+    for row in reader:
+        if row and len(row) < width:
+            count += 1
+            first = first or (reader.line_num, len(row))
+    if first is None:
+        return None
+    line, fields = first
+    ends_cut = not data.endswith((b"\n", b"\r"))
+    if count == 1 and ends_cut and line == reader.line_num:
+        return (
+            f"truncated: the last row (line {line}) has {fields} of {width} fields and the file does not end "
+            "with a newline: it was cut off"
+        )
+    return f"malformed CSV: {count} row(s) with fewer fields than the header's {width}, the first on line {line}"
 
 
 def without_labels(config: TrainingConfig, frame: pd.DataFrame) -> pd.DataFrame:

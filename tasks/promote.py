@@ -82,29 +82,35 @@ def _record(client: MlflowClient, name: str, version: str, tags: dict[str, str])
         client.set_model_version_tag(name, version, key, value)
 
 
-def version_with_key(client: MlflowClient, name: str, key: str) -> VersionRef | None:
-    """The version registered from the same data, config and code, if there is one."""
+def version_with_key(client: MlflowClient, name: str, key: str, champion: str | None) -> VersionRef | None:
+    """The version registered from the same data, config and code whose decision still holds, if any.
+
+    A decision is a comparison, so it holds only against the same champion: the version is the
+    champion itself, or it was judged against the current champion (`none` when there is none).
+    Rejected against version 3 and version 3 rolled back since: the same data is judged again.
+    """
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         return None
     found = client.search_model_versions(f"name = '{name}' and tags.`{TAG_IDEMPOTENCY_KEY}` = '{key}'")
-    if not found:
+    holding = [v for v in found if str(v.version) == champion or v.tags.get(TAG_COMPARED_WITH) == (champion or "none")]
+    if not holding:
         return None
-    first = min(found, key=lambda v: int(v.version))
+    first = min(holding, key=lambda v: int(v.version))
     return VersionRef(name, str(first.version), first.run_id, dict(first.tags))
 
 
 def earlier_decision(client: MlflowClient, name: str, key: str) -> Decision | None:
-    """The decision already taken for this key, as a rerun reports it; None if there is none."""
-    found = version_with_key(client, name, key)
+    """The decision already taken for this key against today's champion, as a rerun reports it; None if none."""
+    champion = version_by_alias(name, CHAMPION, client)
+    current = champion.version if champion else None
+    found = version_with_key(client, name, key, current)
     if found is None:
         return None
-    champion = version_by_alias(name, CHAMPION, client)
     outcome = found.tags.get(TAG_DECISION, "unknown")
     reason = (
-        f"version {found.version} was already trained from the same data, config and code "
-        f"(decision: {outcome}: {found.tags.get(TAG_DECISION_REASON, '')}); nothing new to train"
+        f"version {found.version} was already trained from the same data, config and code and judged against "
+        f"the same champion (decision: {outcome}: {found.tags.get(TAG_DECISION_REASON, '')}); nothing new to train"
     )
-    current = champion.version if champion else None
     return Decision(name, found.version, outcome, reason, current, current, reused=True)
 
 
@@ -129,7 +135,7 @@ def apply_decision(
     with promotion_lock(lock_dir, name):
         current = version_by_alias(name, CHAMPION, client)
         before = current.version if current else None
-        duplicate = version_with_key(client, name, candidate.idempotency_key)
+        duplicate = version_with_key(client, name, candidate.idempotency_key, before)
         if duplicate is not None:
             reason = (
                 f"version {duplicate.version} was registered from the same data, config and code while "

@@ -65,20 +65,28 @@ def bound_http_retries() -> None:
         os.environ.setdefault(name, value)
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
+def _chain(error: BaseException, implicit: bool = True) -> Iterator[BaseException]:
+    """`error` and what caused it.
+
+    `raise ... from` always; with `implicit`, also the error being handled when it was raised
+    (`__context__`), which may be unrelated to it.
+    """
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         yield current
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (current.__context__ if implicit else None)
 
 
-def unavailable(error: BaseException, mlflow_uri: str | None = None) -> str | None:
-    """One sentence naming the unreachable or locked service behind `error`; None if it is not one."""
+def unavailable(error: BaseException, mlflow_uri: str | None = None, implicit: bool = True) -> str | None:
+    """One sentence naming the unreachable or locked service behind `error`; None if it is not one.
+
+    `implicit=False` reads only explicit causes: for deciding a retry (see `is_transient`).
+    """
     import httpx
 
-    for cause in _chain(error):
+    for cause in _chain(error, implicit):
         text = str(cause)
         if isinstance(cause, sqlite3.OperationalError) or "database is locked" in text:
             if "locked" in text:
@@ -141,7 +149,13 @@ def retry_lost_race(write: Callable[[], T], attempts: int = 3) -> T:
 
 
 def is_transient(error: BaseException) -> bool:
-    return unavailable(error) is not None
+    """Worth a retry: the error is, or was explicitly raised from, an unavailable service.
+
+    Not when a service error was merely being handled when it was raised (`__context__`): a bug or
+    a bad input raised inside an `except` for a dropped connection is still a bug, and retrying it
+    repeats it. Wrappers that keep the cause (`raise ... from`, SQLAlchemy, MLflow's messages) still count.
+    """
+    return unavailable(error, implicit=False) is not None
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -166,12 +166,21 @@ class DataStore:
         return self.fs.open(path, "rb")
 
     def quarantine(self, path: str, dataset: str, reason: dict[str, Any]) -> str:
-        """Move a landed batch to quarantine/ and write its machine-readable reason beside it."""
+        """Move a landed batch to quarantine/ and write its machine-readable reason beside it.
+
+        The same bytes quarantined again (a later run, another contract) keep what was said of
+        them before: the reason file holds the newest reason, its earlier ones under `earlier`.
+        """
         target = self._moved_path("quarantine", dataset, path)
         name = target.rsplit("/", 1)[-1]
         self.fs.makedirs(self._path("quarantine", dataset), exist_ok=True)
+        reason_path = self._path("quarantine", dataset, f"{name}.reason.json")
+        record = dict(reason)
+        if self.fs.exists(reason_path):
+            previous = json.loads(self.read_bytes(reason_path))
+            record["earlier"] = [*previous.pop("earlier", []), previous]
         # the reason first: a crash in between leaves a reason and the batch still in landed/
-        self.put("quarantine", dataset, f"{name}.reason.json", json.dumps(reason, indent=2, default=str).encode())
+        self.put("quarantine", dataset, f"{name}.reason.json", json.dumps(record, indent=2, default=str).encode())
         self._move_unless_gone(path, target)
         return target
 

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
 
+import numpy as np
 import optuna
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.faults import DURING_TUNING, failpoint
-from tasks.model import compute_metrics, estimator, features_and_target, model_classes, predict_scores, preprocessor
+from tasks.model import estimator, features_and_target, metric_value, model_classes, predict_scores, preprocessor
 from tasks.settings import ParamRange, TrainingConfig
 from tasks.split import Splits
 from tasks.stores import Stores
@@ -103,7 +104,7 @@ def make_objective(config: TrainingConfig, splits: Splits) -> Callable[[optuna.T
             model.set_params(max_iter=grown)
             model.fit(train_matrix, y_train)
             scores = predict_scores(model, valid_matrix, config.task)
-            score = compute_metrics(config.task, y_valid, scores, model_classes(model))[metric]
+            score = metric_value(config.task, metric, np.asarray(y_valid), scores, model_classes(model))
             trial.report(score, stage)
             failpoint(DURING_TUNING)  # a trial is RUNNING in the study, its first stage reported
             if trial.should_prune():

@@ -15,7 +15,7 @@ import pytest
 from mlflow import MlflowClient
 
 from tasks.gate import Check, GateReport
-from tasks.promote import Decision, RollbackError, apply_decision, rollback
+from tasks.promote import Decision, RollbackError, apply_decision, earlier_decision, rollback
 from tasks.registry import CHAMPION, PREVIOUS, TAG_DECISION, TAG_DECISION_REASON, TAG_REPLACED
 from tasks.train import Candidate
 from tests.candidates import logged_candidate, registry_of_its_own
@@ -133,6 +133,33 @@ def test_a_second_candidate_with_the_same_key_is_never_registered(client: Mlflow
     assert "version 1 was registered from the same data, config and code" in decision.reason
     assert [v.version for v in client.search_model_versions(f"name = '{NAME}'")] == [1]
     assert client.get_run(twin.run_id).data.tags[TAG_DECISION] == "superseded"
+
+
+def test_an_earlier_decision_holds_only_against_the_champion_it_was_judged_against(
+    client: MlflowClient, candidates, tmp_path: Path
+) -> None:
+    """Rejected against version 2; version 2 rolled back to 1: the same data must be judged again."""
+    apply_decision(client, candidates[0], report(True), None, tmp_path)
+    apply_decision(client, candidates[1], report(True), "1", tmp_path)  # champion 2
+    loser = logged_candidate(NAME, key="retrained-key")
+    rejected = apply_decision(client, loser, report(False, "improvement -0.0100"), "2", tmp_path)
+    assert rejected.outcome == "rejected"
+
+    held = earlier_decision(client, NAME, "retrained-key")  # the champion is still 2: nothing new to train
+    assert held is not None
+    assert (held.version, held.outcome, held.reused) == (rejected.version, "rejected", True)
+    assert "judged against the same champion" in held.reason
+
+    rollback(client, NAME, "bad release 2", tmp_path)  # champion 1 now: the rejection said nothing of it
+    assert earlier_decision(client, NAME, "retrained-key") is None
+    rerun = logged_candidate(NAME, key="retrained-key")
+    judged = apply_decision(client, rerun, report(True), "1", tmp_path)
+    assert judged.outcome == "promoted"  # registered and judged, not dismissed as a duplicate
+    assert aliases(client)[CHAMPION] == judged.version
+    # and once it is the champion, a rerun on the same data is the champion itself: nothing to train
+    again = earlier_decision(client, NAME, "retrained-key")
+    assert again is not None
+    assert again.version == judged.version
 
 
 def test_a_changed_champion_is_judged_again_and_the_better_model_wins(

@@ -357,3 +357,26 @@ def test_an_unavailable_service_is_transient(error: Exception) -> None:
 def test_a_bad_input_or_a_bug_is_not_retried(error: Exception) -> None:
     assert not is_transient(error)
     assert not retry_if_transient(None, None, Failed(data=error))
+
+
+def _raised_while_handling(cause: Exception, error: Exception, explicit: bool) -> Exception:
+    try:
+        try:
+            raise cause
+        except Exception as handled:
+            if explicit:
+                raise error from handled
+            raise error  # noqa: B904 (the implicit context is what this test is about)
+    except Exception as raised:
+        return raised
+    raise AssertionError("unreachable")
+
+
+def test_a_bug_raised_while_handling_an_outage_is_not_retried_but_one_raised_from_it_is() -> None:
+    outage = httpx.ConnectError("[Errno 111] Connection refused")
+    bug = _raised_while_handling(outage, KeyError("carrier"), explicit=False)
+    assert bug.__context__ is outage
+    assert not is_transient(bug)
+    assert not retry_if_transient(None, None, Failed(data=bug))
+    wrapped = _raised_while_handling(outage, RuntimeError("the Prefect API call failed"), explicit=True)
+    assert is_transient(wrapped)

@@ -200,3 +200,17 @@ def test_a_partial_around_anything_else_is_still_untrusted() -> None:
     untrusted = set(skops.io.get_untrusted_types(data=skops.io.dumps(hostile))) - set(SKOPS_TRUSTED_TYPES)
 
     assert untrusted == {f"{os.getcwd.__module__}.getcwd"}
+
+
+@pytest.mark.parametrize("rows", [7, 400, 20_000])
+def test_rank_auc_is_sklearns_roc_auc_with_ties_counted_a_half(rows: int) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from tasks.model import metric_value, rank_auc
+
+    rng = np.random.default_rng(rows)
+    y = np.r_[0, 1, rng.integers(0, 2, rows - 2)]
+    scores = np.round(rng.uniform(size=rows) + 0.3 * y, 1)  # coarse: many ties
+    assert rank_auc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+    assert metric_value("binary", "roc_auc", y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+    assert rank_auc(1 - y, scores) == pytest.approx(1 - roc_auc_score(y, scores), abs=1e-12)

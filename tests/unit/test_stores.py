@@ -6,6 +6,7 @@ Whichever moves it first wins; the other must still read it, and must not fail o
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,12 @@ def test_a_batch_quarantined_by_the_other_run_is_still_read_and_quarantined(stor
     assert store.read_landed(path, "flights") == DATA
     assert store.quarantine(path, "flights", {"reason": "second"}) == first
     assert Path(first).read_bytes() == DATA
-    assert Path(f"{first}.reason.json").exists()
+    # the newest reason on top, the earlier one kept: a second rejection loses nothing said before
+    kept = json.loads(Path(f"{first}.reason.json").read_text())
+    assert kept == {"reason": "second", "earlier": [{"reason": "first"}]}
+    store.quarantine(path, "flights", {"reason": "third"})
+    record = json.loads(Path(f"{first}.reason.json").read_text())
+    assert [record["reason"], *[r["reason"] for r in record["earlier"]]] == ["third", "first", "second"]
 
 
 def test_a_batch_that_is_nowhere_names_the_batch_and_the_areas(store: DataStore) -> None:
