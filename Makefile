@@ -11,6 +11,13 @@ PYTEST_ARGS ?=
 # pytest-xdist workers for make test: a module's tests stay on one worker (they share its servers)
 TEST_WORKERS ?= auto
 
+# The server shape in one switch: ENV_FILE=infra/server.env (from infra/server.env.example) moves every
+# store to a server for every target (README: "The server shape").
+ifdef ENV_FILE
+include $(ENV_FILE)
+export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' $(ENV_FILE))
+endif
+
 export DRIFTLOOP_HOME ?= $(CURDIR)/.driftloop
 export PREFECT_HOME ?= $(DRIFTLOOP_HOME)/prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false

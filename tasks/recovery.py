@@ -276,8 +276,6 @@ def _fail_trials(storage_uri: str, flow_run_id: str, repairs: Repairs) -> None:
     from tasks.tune import make_storage
 
     storage = make_storage(storage_uri)
-    if isinstance(storage, str):
-        storage = optuna.storages.get_storage(storage)
     for study in storage.get_all_studies():
         if not study.study_name.endswith(flow_run_id[:8]):
             continue

@@ -46,13 +46,17 @@ def configure_mlflow(stores: Stores, experiment: str) -> str:
 
 
 def ensure_experiment(stores: Stores, name: str) -> str:
-    """The experiment's id, creating it with an explicit artifact location (never ./mlruns)."""
+    """The experiment's id, creating it with an explicit artifact location (never ./mlruns).
+
+    Against a tracking server with no artifact root set, the server's own (proxied) store.
+    """
     client = MlflowClient(tracking_uri=stores.mlflow_tracking_uri)
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         return str(existing.experiment_id)
     try:
-        return str(client.create_experiment(name, artifact_location=f"{stores.mlflow_artifact_root}/{name}"))
+        root = stores.mlflow_artifact_root
+        return str(client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None))
     except MlflowException as error:  # created by a concurrent run in between
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise

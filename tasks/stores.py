@@ -29,7 +29,7 @@ class Stores:
 
     home: Path
     mlflow_tracking_uri: str
-    mlflow_artifact_root: str
+    mlflow_artifact_root: str | None  # None: the tracking server's own artifact store
     optuna_storage: str
     data_uri: str
     lock_dir: Path
@@ -39,12 +39,16 @@ class Stores:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Stores:
         env = os.environ if env is None else env
         home = Path(env.get("DRIFTLOOP_HOME", DEFAULT_HOME)).expanduser().resolve()
+        tracking = with_busy_timeout(
+            env.get("DRIFTLOOP_MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
+        )
+        # a tracking server keeps the artifacts where it was told to (its --artifacts-destination):
+        # a folder of this machine would be one no other worker, and no server, can read
+        local_root = None if tracking.startswith(("http://", "https://")) else (home / "mlflow" / "artifacts").as_uri()
         return cls(
             home=home,
-            mlflow_tracking_uri=with_busy_timeout(
-                env.get("DRIFTLOOP_MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
-            ),
-            mlflow_artifact_root=env.get("DRIFTLOOP_MLFLOW_ARTIFACT_ROOT", (home / "mlflow" / "artifacts").as_uri()),
+            mlflow_tracking_uri=tracking,
+            mlflow_artifact_root=env.get("DRIFTLOOP_MLFLOW_ARTIFACT_ROOT", local_root),
             optuna_storage=env.get("DRIFTLOOP_OPTUNA_STORAGE", f"journal:{home / 'optuna' / 'journal.log'}"),
             data_uri=env.get("DRIFTLOOP_DATA_URI", (home / "data").as_uri()),
             lock_dir=Path(env.get("DRIFTLOOP_LOCK_DIR", str(home / "locks"))),

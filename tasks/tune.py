@@ -53,14 +53,33 @@ class TuningResult:
         return {k: v for k, v in self.__dict__.items() if k != "trials"}
 
 
-def make_storage(uri: str) -> optuna.storages.BaseStorage | str:
-    """`journal:<path>` is a journal file (fast, no server); anything else is an RDB URL."""
+# A trial whose process died stops beating; after the grace period the next worker to ask marks it
+# failed and queues it again (at most TRIAL_RETRIES times), so a killed worker costs no budget.
+HEARTBEAT_SECONDS = 30
+HEARTBEAT_GRACE_SECONDS = 90
+TRIAL_RETRIES = 2
+
+
+def make_storage(uri: str) -> optuna.storages.BaseStorage:
+    """`journal:<path>` is a journal file (fast, no server); anything else is an RDB URL (SQLAlchemy's).
+
+    An RDB study (PostgreSQL in the server shape) can be shared by workers on several machines,
+    so it gets heartbeats and the retry of trials whose worker died; a journal file is one machine's.
+    """
     if uri.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
         return JournalStorage(JournalFileBackend(uri.removeprefix("journal:")))
-    return uri
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    return RDBStorage(
+        uri,
+        engine_kwargs={"pool_pre_ping": True},  # a database restart drops pooled connections: test before use
+        heartbeat_interval=HEARTBEAT_SECONDS,
+        grace_period=HEARTBEAT_GRACE_SECONDS,
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=TRIAL_RETRIES),
+    )
 
 
 def suggest(trial: optuna.Trial, space: dict[str, ParamRange]) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from tasks.stores import Stores
 from tasks.validate import BatchRejected, Failure
 from tests.reliability.conftest import DATASET, MODEL, REPO_ROOT, World
 from tests.reliability.invariants import assert_invariants
+from tests.servers import start_mlflow_server, start_server
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +56,6 @@ SHORT_RETRIES = {
 # up to one trial) and its final fit before it meets the dead service: 60-290 s seen on a loaded
 # two-core machine, of which the retries take 10-30 s. A hang on retries would go far past this.
 GIVES_UP_WITHIN = 600
-MLFLOW = str(Path(sys.executable).parent / "mlflow")
 SLOW_TEST = 1800  # three training runs and two server starts on a loaded machine
 
 
@@ -128,39 +128,15 @@ def kill_group(pid: int) -> None:
 
 def start_mlflow(root: Path, port: int) -> subprocess.Popen[bytes]:
     """`mlflow server` on loopback with its database and artifacts under `root` (same root: same store)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / "server.log").open("ab") as log:
-        server = subprocess.Popen(
-            [
-                MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                "--artifacts-destination", (root / "artifacts").as_uri(),
-            ],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        wait_until(lambda: answers(f"http://127.0.0.1:{port}/health"), 180, f"mlflow server (log: {root}/server.log)")
-    except TimeoutError:
-        stop(server)
-        raise
-    return server
+    return start_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts", port, root / "server.log")
 
 
 def start_prefect_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
     """A Prefect server as flows.local_stack.prefect_server starts it, on a chosen port and PREFECT_HOME."""
     env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
     env.update({"PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(port)})
-    with log.open("ab") as server_log:
-        server = subprocess.Popen(
-            [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        wait_until(lambda: answers(f"http://127.0.0.1:{port}/api/health"), 180, f"the Prefect server (log: {log})")
-    except TimeoutError:
-        stop(server)
-        raise
-    return server
+    command = [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    return start_server(command, f"http://127.0.0.1:{port}/api/health", log, env)
 
 
 def prefect_server_pids(port: int) -> list[int]:

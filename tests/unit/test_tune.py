@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.storages import JournalStorage
 
+from tasks import tune
 from tasks.settings import ParamRange
 from tasks.split import time_split
 from tasks.tune import make_storage, run_study, suggest, warm_start_params
@@ -85,9 +87,23 @@ def test_make_storage_journal_uri_gives_a_journal_file(tmp_path: Path) -> None:
     assert path.exists()  # the file after the prefix is the journal, not a path relative to elsewhere
 
 
-@pytest.mark.parametrize("uri", ["sqlite:///optuna.db", "postgresql://u@db/optuna"])
-def test_make_storage_passes_other_uris_through(uri: str) -> None:
-    assert make_storage(uri) == uri
+def test_an_rdb_study_beats_and_a_trial_whose_worker_died_is_tried_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any other URI is an RDB study (PostgreSQL in the server shape; SQLite here, the same code)."""
+    monkeypatch.setattr(tune, "HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr(tune, "HEARTBEAT_GRACE_SECONDS", 1)
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    study = optuna.create_study(study_name="shared", storage=storage)
+    orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    storage.record_heartbeat(orphan._trial_id)  # then its worker is killed: no more beats
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)  # what the next worker's optimize() does first
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+    assert trials[1].params == orphan.params  # the same point, queued again: the budget is not lost
+    assert trials[1].system_attrs["failed_trial"] == orphan.number
 
 
 # --- run_study --------------------------------------------------------------------------------
