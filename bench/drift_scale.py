@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.peak import peak_rss_mb
 from bench.timing import REPO_ROOT, median
 
 NUMERIC = [f"x{i}" for i in range(15)]
@@ -172,7 +172,7 @@ def child(side: str, rows: int) -> dict[str, Any]:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_rss_mb()  # VmHWM: this process's own, not a maximum inherited from the bench's parent
 
 
 # --------------------------------------------------------------------------- the parent: run, tabulate

@@ -24,7 +24,7 @@ from tasks.ingest import in_window, read_source
 from tasks.settings import TimeWindow, load_config
 
 TARGET_ROWS = [50_000, 100_000, 300_000]
-TRIALS = 3
+TRIALS = 2
 
 
 @dataclass(frozen=True)

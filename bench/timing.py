@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import resource
 import statistics
 import subprocess
@@ -46,17 +45,20 @@ def spread(values: list[float]) -> str:
 @dataclass(frozen=True)
 class Measured:
     wall: float
-    peak_rss_mb: float  # the child's own peak resident set (not its children's)
+    peak_rss_mb: float  # the child's own peak resident set (VmHWM; bench/peak.py says why not rusage)
 
 
-def timed_peak(command: list[str], env: dict[str, str], log: Path) -> Measured:
-    """`timed`, with the child's peak memory from its own rusage (os.wait4: this child only)."""
+def timed_peak(module_command: list[str], env: dict[str, str], log: Path) -> Measured:
+    """`timed` for `[python, -m, module, args...]`, with the child's own peak memory (bench/peak.py)."""
+    python, flag, *rest = module_command
+    peak_file = log.with_name(f"peak-{time.monotonic_ns()}.txt")
     started = time.perf_counter()
     with log.open("ab") as err:
-        child = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(child.pid, 0)
+        done = subprocess.run(
+            [python, "-m", "bench.peak", str(peak_file), flag, *rest],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, check=False,
+        )  # fmt: skip
     wall = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited with {child.returncode}; see {log}")
-    return Measured(wall, usage.ru_maxrss / 1024)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(module_command)} exited with {done.returncode}; see {log}")
+    return Measured(wall, float(peak_file.read_text()))
