@@ -85,29 +85,29 @@ def _version(client: MlflowClient, config: TrainingConfig, version: str) -> Vers
 
 
 def status(config: TrainingConfig, args: argparse.Namespace) -> int:
-    from tasks.audit import AuditLog
+    from tasks.audit import audit_log
     from tasks.registry_view import open_view
     from tasks.status import model_status
     from tasks.stores import Stores
 
     stores = Stores.from_env()  # the embedded store is read without MLflow (tasks/registry_view.py)
     view = open_view(stores.mlflow_tracking_uri, lambda: _client(config)[0])
-    print(model_status(view, config, AuditLog(stores.audit_dir, config.model_name), runs=args.runs))
+    print(model_status(view, config, audit_log(stores.history, config.model_name), runs=args.runs))
     return EXIT_OK
 
 
 def history(config: TrainingConfig, args: argparse.Namespace) -> int:
-    from tasks.audit import AuditLog
+    from tasks.audit import audit_log
     from tasks.stores import Stores
 
-    log = AuditLog(Stores.from_env().audit_dir, config.model_name)
+    log = audit_log(Stores.from_env().history, config.model_name)
     entries = log.entries()
     if args.json:
         print(json.dumps([asdict(entry) for entry in entries], indent=2))
     elif not entries:
-        print(f"{config.model_name}: no decisions recorded yet ({log.path})")
+        print(f"{config.model_name}: no decisions recorded yet ({log.where})")
     else:
-        print(f"{config.model_name}: {len(entries)} decisions ({log.path}), oldest first")
+        print(f"{config.model_name}: {len(entries)} decisions ({log.where}), oldest first")
         for entry in entries:
             print(entry.describe())
             if (violations := entry.gate_line()) is not None:
@@ -128,7 +128,7 @@ def card(config: TrainingConfig, args: argparse.Namespace) -> int:
     stores = Stores.from_env()  # the embedded store is read without MLflow (tasks/registry_view.py)
     view = open_view(stores.mlflow_tracking_uri, lambda: _client(config)[0])
     try:
-        facts = gather_facts(view, config.model_name, args.version, stores.audit_dir)
+        facts = gather_facts(view, config.model_name, args.version, stores.history)
     except NoSuchVersion as error:
         raise CommandFailed(str(error), EXIT_BAD_INPUT) from error
     text = render_card(facts)
@@ -141,7 +141,7 @@ def card(config: TrainingConfig, args: argparse.Namespace) -> int:
 
 
 def promote(config: TrainingConfig, args: argparse.Namespace) -> int:
-    from tasks.audit import AuditLog, publish_history
+    from tasks.audit import audit_log, publish_history
     from tasks.card import publish_champion_change
     from tasks.evaluate import HoldoutUnavailable, judge_version
     from tasks.promote import ManualPromotionError, promote_version
@@ -163,10 +163,17 @@ def promote(config: TrainingConfig, args: argparse.Namespace) -> int:
                 f"cannot judge version {version.version}: {error}; --force promotes unjudged"
             ) from error
         print(f"not judged ({error}); promoting because of --force", file=sys.stderr)
-    audit = AuditLog(stores.audit_dir, config.model_name)
+    audit = audit_log(stores.history, config.model_name)
     try:
         decision = promote_version(
-            client, config.model_name, version.version, report, args.reason, stores.lock_dir, audit, force=args.force
+            client,
+            config.model_name,
+            version.version,
+            report,
+            args.reason,
+            stores.promotion_locks,
+            audit,
+            force=args.force,
         )
     except ManualPromotionError as error:
         publish_history(client, audit)
@@ -177,15 +184,15 @@ def promote(config: TrainingConfig, args: argparse.Namespace) -> int:
 
 
 def rollback(config: TrainingConfig, args: argparse.Namespace) -> int:
-    from tasks.audit import AuditLog
+    from tasks.audit import audit_log
     from tasks.card import publish_champion_change
     from tasks.promote import RollbackError
     from tasks.promote import rollback as roll_back
 
     client, stores = _client(config)
-    audit = AuditLog(stores.audit_dir, config.model_name)
+    audit = audit_log(stores.history, config.model_name)
     try:
-        decision = roll_back(client, config.model_name, args.reason, stores.lock_dir, audit)
+        decision = roll_back(client, config.model_name, args.reason, stores.promotion_locks, audit)
     except RollbackError as error:
         raise CommandFailed(f"rollback refused: {error}") from error
     publish_champion_change(client, audit, decision.champion_before, decision.champion_after)

@@ -8,7 +8,7 @@ import sys
 from mlflow import MlflowClient
 from prefect import flow, get_run_logger
 
-from tasks.audit import AuditLog
+from tasks.audit import audit_log
 from tasks.card import publish_champion_change
 from tasks.promote import Decision, RollbackError, rollback
 from tasks.registry import connect
@@ -21,8 +21,8 @@ def rollback_flow(model_name: str, reason: str = "manual rollback") -> Decision:
     stores = Stores.from_env()
     connect(stores=stores, model_name=model_name)
     client = MlflowClient()
-    audit = AuditLog(stores.audit_dir, model_name)
-    decision = rollback(client, model_name, reason, stores.lock_dir, audit)
+    audit = audit_log(stores.history, model_name)
+    decision = rollback(client, model_name, reason, stores.promotion_locks, audit)
     publish_champion_change(client, audit, decision.champion_before, decision.champion_after)
     get_run_logger().info(
         "%s: champion %s -> %s (%s)", model_name, decision.champion_before, decision.champion_after, reason

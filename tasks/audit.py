@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -96,27 +96,44 @@ def current_actor() -> str:
 
 
 class AuditLog:
-    """The append-only history file of one registered model."""
+    """The append-only history of one registered model, one JSON line per decision, in a file.
+
+    `tasks/audit_pg.py` keeps the same lines in PostgreSQL for several hosts; `audit_log` picks.
+    """
 
     def __init__(self, folder: Path, model: str) -> None:
         self.model = model
+        self.history: Path | str = folder  # what `audit_log` was given
         self.path = folder / f"{model}.jsonl"
+        self.where = str(self.path)  # how problems name the history
+
+    def _lines(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        return [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
     @contextmanager
-    def _locked(self) -> Iterator[Any]:
+    def _writer(self) -> Iterator[tuple[list[str], Callable[[str], None]]]:
+        """The lines so far and a way to add one, both under the history's lock (one writer at a time)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a+", encoding="utf-8") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)  # one writer at a time, whichever process
             try:
-                yield handle
+                handle.seek(0)
+                lines = [line for line in handle.read().splitlines() if line.strip()]
+
+                def write(line: str) -> None:
+                    handle.seek(0, os.SEEK_END)
+                    handle.write(line + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())  # a decision the registry shows is never missing from the history
+
+                yield lines, write
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def entries(self) -> list[AuditEntry]:
-        if not self.path.exists():
-            return []
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        return [AuditEntry(**json.loads(line)) for line in lines if line.strip()]
+        return [AuditEntry(**json.loads(line)) for line in self._lines()]
 
     def append(
         self,
@@ -133,9 +150,7 @@ class AuditLog:
         actor: str | None = None,
     ) -> AuditEntry:
         """Add one entry (or return the one already recorded under `id`)."""
-        with self._locked() as handle:
-            handle.seek(0)
-            lines = [line for line in handle.read().splitlines() if line.strip()]
+        with self._writer() as (lines, write):
             for line in lines:
                 if json.loads(line)["id"] == id:
                     return AuditEntry(**json.loads(line))
@@ -155,10 +170,7 @@ class AuditLog:
                 "previous_sha256": json.loads(lines[-1])["sha256"] if lines else GENESIS,
             }
             fields["sha256"] = entry_digest(fields)
-            handle.seek(0, os.SEEK_END)
-            handle.write(json.dumps(fields, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())  # a decision the registry shows is never missing from the history
+            write(json.dumps(fields, sort_keys=True))
         return AuditEntry(**fields)
 
     def verify(self) -> list[str]:
@@ -169,12 +181,21 @@ class AuditLog:
             fields = asdict(entry)
             if entry.previous_sha256 != previous:
                 problems.append(
-                    f"{self.path}:{number}: does not follow line {number - 1} (a line was removed or moved)"
+                    f"{self.where}:{number}: does not follow line {number - 1} (a line was removed or moved)"
                 )
             if entry_digest(fields) != entry.sha256:
-                problems.append(f"{self.path}:{number}: content does not match its sha256 (the line was edited)")
+                problems.append(f"{self.where}:{number}: content does not match its sha256 (the line was edited)")
             previous = entry.sha256
         return problems
+
+
+def audit_log(history: Path | str, model: str) -> AuditLog:
+    """The history of `model`: in a folder, or in PostgreSQL when `history` is its URL (several hosts)."""
+    if isinstance(history, str):
+        from tasks.audit_pg import PostgresAuditLog
+
+        return PostgresAuditLog(history, model)
+    return AuditLog(history, model)
 
 
 def gate_summary(report: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tasks.audit import ROLLED_BACK, AuditEntry, AuditLog
+from tasks.audit import ROLLED_BACK, AuditEntry, AuditLog, audit_log
 from tasks.registry_names import (
     CHAMPION,
     PREVIOUS,
@@ -95,14 +95,14 @@ class NoSuchVersion(LookupError):
     """The model has no such version."""
 
 
-def gather_facts(view: RegistryView, name: str, version: str, audit_dir: Path | None = None) -> CardFacts:
+def gather_facts(view: RegistryView, name: str, version: str, decisions: Path | str | None = None) -> CardFacts:
     """Read everything a card says about `name` version `version` from the stores."""
     found = view.version(name, version)
     if found is None:
         raise NoSuchVersion(f"{name} has no version {version!r}")
     ref, aliases = found.ref, found.aliases
     created = datetime.fromtimestamp(found.created_at / 1000, UTC).isoformat()
-    entries = AuditLog(audit_dir, name).entries() if audit_dir else []
+    entries = audit_log(decisions, name).entries() if decisions else []
     history = [e for e in entries if version in (e.version, _rolled_back_from(e))]
     if ref.run_id is None:
         return CardFacts(name, version, created, aliases, ref.tags, None, history=history)
@@ -406,11 +406,11 @@ def render_summary(facts: CardFacts, limit: int = DESCRIPTION_LIMIT) -> str:
 # --- publishing -----------------------------------------------------------------------------------
 
 
-def publish_card(client: MlflowClient, name: str, version: str, audit_dir: Path | None) -> str:
+def publish_card(client: MlflowClient, name: str, version: str, history: Path | str | None) -> str:
     """Write the card where people read it: the version in MLflow, its run, and the Prefect UI."""
     from tasks.notify import artifact_key, publish_markdown
 
-    facts = gather_facts(ClientView(client), name, version, audit_dir)
+    facts = gather_facts(ClientView(client), name, version, history)
     card = render_card(facts)
     client.update_model_version(name, version, description=render_summary(facts))
     if facts.run_id is not None:
@@ -425,4 +425,4 @@ def publish_champion_change(client: MlflowClient, log: AuditLog, before: str | N
 
     publish_history(client, log)
     for version in {before, after} - {None}:
-        publish_card(client, log.model, str(version), log.path.parent)
+        publish_card(client, log.model, str(version), log.history)

@@ -20,7 +20,6 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
@@ -35,13 +34,14 @@ from tasks.audit import (
     PROMOTED,
     ROLLED_BACK,
     AuditLog,
+    audit_log,
     gate_summary,
     publish_history,
 )
 from tasks.card import publish_card
 from tasks.faults import AFTER_REGISTER, failpoint
 from tasks.gate import GateReport
-from tasks.locks import promotion_lock
+from tasks.locks import Locks, promotion_lock
 from tasks.registry import (
     CHAMPION,
     PREVIOUS,
@@ -122,7 +122,7 @@ def apply_decision(
     candidate: Candidate,
     report: GateReport,
     compared_with: str | None,
-    lock_dir: Path,
+    locks: Locks,
     rejudge: Rejudge | None = None,
     audit: AuditLog | None = None,
 ) -> Decision:
@@ -132,7 +132,7 @@ def apply_decision(
     """
     name = candidate.name
     trigger = candidate.version_tags.get("driftloop.reason", "unknown")
-    with promotion_lock(lock_dir, name):
+    with promotion_lock(locks, name):
         current = version_by_alias(name, CHAMPION, client)
         before = current.version if current else None
         duplicate = version_with_key(client, name, candidate.idempotency_key, before)
@@ -227,9 +227,9 @@ def _record_run(client: MlflowClient, run_id: str, outcome: str, reason: str) ->
     client.set_tag(run_id, TAG_DECISION_REASON, reason[:4000])
 
 
-def rollback(client: MlflowClient, name: str, reason: str, lock_dir: Path, audit: AuditLog | None = None) -> Decision:
+def rollback(client: MlflowClient, name: str, reason: str, locks: Locks, audit: AuditLog | None = None) -> Decision:
     """Make `previous-champion` the champion again; the alias chain steps back one version."""
-    with promotion_lock(lock_dir, name):
+    with promotion_lock(locks, name):
         current = version_by_alias(name, CHAMPION, client)
         previous = version_by_alias(name, PREVIOUS, client)
         if previous is None:
@@ -270,7 +270,7 @@ def promote_version(
     version: str,
     report: GateReport | None,
     reason: str,
-    lock_dir: Path,
+    locks: Locks,
     audit: AuditLog,
     force: bool = False,
 ) -> Decision:
@@ -279,7 +279,7 @@ def promote_version(
     `report` judged `version` against the champion of the moment; if the champion changed since,
     the caller must judge again, so a stale verdict never moves the aliases.
     """
-    with promotion_lock(lock_dir, name):
+    with promotion_lock(locks, name):
         current = version_by_alias(name, CHAMPION, client)
         before = current.version if current else None
         if before == version:
@@ -335,8 +335,8 @@ def promote(
     candidate: Candidate, report: GateReport, compared_with: str | None, stores: Stores, rejudge: Rejudge | None = None
 ) -> Decision:
     client = MlflowClient()
-    audit = AuditLog(stores.audit_dir, candidate.name)
-    decision = apply_decision(client, candidate, report, compared_with, stores.lock_dir, rejudge, audit)
+    audit = audit_log(stores.history, candidate.name)
+    decision = apply_decision(client, candidate, report, compared_with, stores.promotion_locks, rejudge, audit)
     publish_history(client, audit)
     get_run_logger().info(
         "%s version %s %s: %s (champion %s -> %s)",
@@ -355,7 +355,7 @@ def model_card(decision: Decision, stores: Stores) -> str | None:
     """The card of the version just decided on (none when nothing was registered or decided anew)."""
     if decision.version is None or decision.reused:
         return None
-    card = publish_card(MlflowClient(), decision.model_name, decision.version, stores.audit_dir)
+    card = publish_card(MlflowClient(), decision.model_name, decision.version, stores.history)
     get_run_logger().info("model card of %s version %s published", decision.model_name, decision.version)
     return card
 

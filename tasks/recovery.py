@@ -39,8 +39,8 @@ from mlflow.entities import RunStatus
 from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.audit import AuditLog
-from tasks.locks import promotion_lock
+from tasks.audit import audit_log
+from tasks.locks import Locks, promotion_lock
 from tasks.registry import (
     CHAMPION,
     PREVIOUS,
@@ -211,7 +211,7 @@ def _finish_mlflow(client: MlflowClient, flow_run_id: str, stores: Stores, repai
         version = run.data.tags.get(TAG_VERSION)
         model_name = run.data.tags.get("driftloop.model_name")
         if version and model_name:
-            finished = finish_promotion(client, model_name, version, stores.lock_dir, stores.audit_dir)
+            finished = finish_promotion(client, model_name, version, stores.promotion_locks, stores.history)
             if finished:
                 repairs.promotions_finished.append(f"{model_name}/{version}: {finished}")
         if run.info.status == RunStatus.to_string(RunStatus.RUNNING):
@@ -223,7 +223,7 @@ def _finish_mlflow(client: MlflowClient, flow_run_id: str, stores: Stores, repai
 
 
 def finish_promotion(
-    client: MlflowClient, name: str, version: str, lock_dir: Path, audit_dir: Path | None = None
+    client: MlflowClient, name: str, version: str, locks: Locks, history: Path | str | None = None
 ) -> str | None:
     """Complete a promotion interrupted between registering the version and moving the aliases.
 
@@ -233,7 +233,7 @@ def finish_promotion(
     tags = client.get_model_version(name, version).tags
     if tags.get(TAG_DECISION) != PROMOTING:
         return None
-    with promotion_lock(lock_dir, name):
+    with promotion_lock(locks, name):
         current = version_by_alias(name, CHAMPION, client)
         before = current.version if current else None
         compared_with = tags.get(TAG_COMPARED_WITH, "none")
@@ -249,8 +249,8 @@ def finish_promotion(
         else:
             outcome = "superseded"
             reason = f"champion changed from {compared_with} to {before} before this interrupted promotion finished"
-        if audit_dir is not None:
-            AuditLog(audit_dir, name).append(
+        if history is not None:
+            audit_log(history, name).append(
                 id=f"{outcome}:{version}",
                 event=outcome,
                 champion_before=compared_with if compared_with != "none" else None,

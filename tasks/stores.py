@@ -18,7 +18,8 @@ from typing import Any
 
 import fsspec
 
-from tasks.services import sqlite_path, with_busy_timeout
+from tasks.pgsql import is_postgres_url
+from tasks.services import redact, sqlite_path, with_busy_timeout
 
 DEFAULT_HOME = ".driftloop"
 
@@ -34,6 +35,9 @@ class Stores:
     data_uri: str
     lock_dir: Path
     audit_dir: Path  # the append-only promotion history (tasks/audit.py); shared, like lock_dir
+    # a PostgreSQL database every host reaches: when set, the promotion lock and the promotion
+    # history live there instead of lock_dir and audit_dir (tasks/pgsql.py); run leases stay per host
+    coordination_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Stores:
@@ -53,7 +57,18 @@ class Stores:
             data_uri=env.get("DRIFTLOOP_DATA_URI", (home / "data").as_uri()),
             lock_dir=Path(env.get("DRIFTLOOP_LOCK_DIR", str(home / "locks"))),
             audit_dir=Path(env.get("DRIFTLOOP_AUDIT_DIR", str(home / "audit"))),
+            coordination_url=coordination_url(env.get("DRIFTLOOP_COORDINATION_URL")),
         )
+
+    @property
+    def promotion_locks(self) -> Path | str:
+        """Where the promotion lock is taken: the coordination database, else the lock folder."""
+        return self.coordination_url or self.lock_dir
+
+    @property
+    def history(self) -> Path | str:
+        """Where the promotion history is kept: the coordination database, else the audit folder."""
+        return self.coordination_url or self.audit_dir
 
     def ensure_local_dirs(self) -> None:
         """Create the local folders the default (file and SQLite) stores need."""
@@ -65,6 +80,15 @@ class Stores:
             Path(self.optuna_storage.removeprefix("journal:")).parent.mkdir(parents=True, exist_ok=True)
         if self.optuna_storage.startswith("sqlite:///"):
             Path(self.optuna_storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def coordination_url(url: str | None) -> str | None:
+    """The coordination database's URL: PostgreSQL only (locks across hosts need a server)."""
+    if not url:
+        return None
+    if not is_postgres_url(url):
+        raise ValueError(f"DRIFTLOOP_COORDINATION_URL must be a PostgreSQL URL (postgresql://...), got {redact(url)!r}")
+    return url
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -50,7 +50,7 @@ def aliases(client: MlflowClient) -> dict[str, str]:
 
 
 def test_first_promotion_sets_champion_only(client: MlflowClient, candidates, tmp_path: Path) -> None:
-    decision = apply_decision(client, candidates[0], report(True), compared_with=None, lock_dir=tmp_path)
+    decision = apply_decision(client, candidates[0], report(True), compared_with=None, locks=tmp_path)
 
     assert decision == Decision(NAME, "1", "promoted", decision.reason, None, "1")
     assert aliases(client) == {CHAMPION: "1"}
@@ -73,7 +73,7 @@ def test_stale_comparison_is_superseded_not_promoted(client: MlflowClient, candi
     apply_decision(client, candidates[0], report(True), None, tmp_path)
     apply_decision(client, candidates[1], report(True), "1", tmp_path)  # 2 beat 1 and is champion now
 
-    late = apply_decision(client, candidates[2], report(True), compared_with="1", lock_dir=tmp_path)
+    late = apply_decision(client, candidates[2], report(True), compared_with="1", locks=tmp_path)
 
     assert late.outcome == "superseded"
     assert "changed from 1 to 2" in late.reason

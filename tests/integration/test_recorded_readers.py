@@ -58,7 +58,7 @@ def test_decision_of_reads_the_version_its_reason_registered(client, config, tmp
         candidate = logged_candidate(NAME)
         tagged = dataclasses.replace(candidate, version_tags={**candidate.version_tags, "driftloop.reason": reason})
         champion = client.get_registered_model(NAME).aliases.get("champion") if passed is False else None
-        apply_decision(client, tagged, gate(passed), compared_with=champion and str(champion), lock_dir=tmp_path)
+        apply_decision(client, tagged, gate(passed), compared_with=champion and str(champion), locks=tmp_path)
 
     promoted, why = decision_of(config, "drift event A")
     rejected, why_not = decision_of(config, "drift event B")

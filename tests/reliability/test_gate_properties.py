@@ -420,7 +420,7 @@ class PromotionMachine(RuleBasedStateMachine):
             logged_candidate(self.name),
             report,
             compared_with=None if champion is None else champion.version,
-            lock_dir=self.lock_dir,
+            locks=self.lock_dir,
         )
         assert decision.version is not None
         self.scores[decision.version] = score
@@ -610,7 +610,7 @@ class CrossHoldoutMachine(RuleBasedStateMachine):
             logged_candidate(self.name),
             report,
             compared_with=None if current is None else current[0],
-            lock_dir=self.lock_dir,
+            locks=self.lock_dir,
         )
         assert decision.version is not None
         self.models[decision.version] = challenger

@@ -18,18 +18,12 @@ import yaml
 
 from flows.local_stack import free_port, prefect_server, stack_env, stop
 from tests.budget import with_small_budget
-from tests.postgres import Cluster, postgres_cluster
+from tests.postgres import Cluster
 from tests.servers import start_mlflow_server
 
 pytestmark = pytest.mark.e2e
 
 CONFIG = "bikeshare"  # a small dataset: the stores are under test, not the model
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with postgres_cluster() as running:
-        yield running
 
 
 def test_a_training_run_keeps_every_store_in_postgresql(cluster: Cluster, tmp_path: Path, repo_root: Path) -> None:
