@@ -60,9 +60,9 @@ def test_the_lock_excludes_another_host_and_frees_itself_when_the_holder_is_kill
     url = coordination(cluster, "locks")
     process = holder(url, repo_root)
     try:
+        waiting = advisory_lock(url, "promote", "m", timeout=1.0)
         with pytest.raises(LockTimeout, match="still held by another host"):
-            with advisory_lock(url, "promote", "m", timeout=1.0):
-                pass
+            waiting.__enter__()
         with promotion_lock(url, "another-model"):  # one lock per model, not one for all
             pass
     finally:
@@ -121,7 +121,9 @@ def test_the_switch_moves_lock_and_history_and_refuses_what_cannot_coordinate(tm
 
 def test_a_lock_lost_to_a_database_restart_is_reported_not_ignored(cluster: Cluster) -> None:
     url = coordination(cluster, "restart")
+    held = advisory_lock(url, "promote", "m", timeout=5.0)
+    held.__enter__()
+    cluster.stop()
+    cluster.start()
     with pytest.raises(RuntimeError, match="lost while held"):
-        with advisory_lock(url, "promote", "m", timeout=5.0):
-            cluster.stop()
-            cluster.start()
+        held.__exit__(None, None, None)
