@@ -10,6 +10,7 @@ registers, for each dataset config, with the Prefect server at PREFECT_API_URL:
 | `scoring/<dataset>` | an interval schedule (new files under a `files` source) or by hand with a window |
 | `monitoring/<dataset>` | a cron schedule; emits the drift event when the policy says retrain |
 | `rollback/<dataset>` | by hand |
+| `tuning-worker/<dataset>` | the training run, when `tuning.workers` > 1 (a study shared through the database) |
 
 Parameters are validated against the typed config, so a bad `--param` is refused before any run
 starts. On shutdown the deployments are paused and the triggers this process created are removed,
@@ -34,6 +35,7 @@ from flows.monitoring import monitoring
 from flows.rollback import rollback_flow
 from flows.scoring import scoring
 from flows.training import training
+from flows.tuning_worker import tuning_worker
 from tasks.notify import DRIFT_EVENT, model_resource
 from tasks.recovery import reconcile
 from tasks.services import redact, unavailable
@@ -93,6 +95,10 @@ def build_deployments(config_path: Path) -> list[RunnerDeployment]:
             rollback_flow,
             description=f"Put the previous champion of {config.model_name} back in production.",
             parameters={"model_name": config.model_name},
+        ),
+        deployment(
+            tuning_worker,
+            description=f"One more process tuning a shared study of {config.model_name} (tuning.workers > 1).",
         ),
     ]
 

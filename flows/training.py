@@ -24,7 +24,7 @@ from tasks.settings import TimeWindow, TrainingConfig
 from tasks.split import SplitError, split
 from tasks.stores import Stores
 from tasks.train import refit, train
-from tasks.tune import tune
+from tasks.tuning import tune
 from tasks.validate import BatchRejected, validate
 
 

@@ -103,6 +103,35 @@ def unavailable(error: BaseException, mlflow_uri: str | None = None, implicit: b
     return None
 
 
+# What psycopg, asyncpg and SQLAlchemy say when a PostgreSQL connection drops or is refused
+# (a restart, a failover, a network cut); lower case.
+_DATABASE_GONE = (
+    "database system is shutting down",
+    "database system is starting up",
+    "terminating connection due to administrator command",
+    "server closed the connection unexpectedly",
+    "connection refused",
+    "could not connect to server",
+    "connection is closed",
+    "connection was closed",
+    "consuming input failed",
+    "no connection to the server",
+)
+
+
+def database_unreachable(error: BaseException) -> str | None:
+    """What the database driver said, when `error` comes from a dropped or refused connection; else None.
+
+    Reads the implicit chain too: Optuna's bookkeeping, failing again while it handles the dropped
+    connection, raises its own error (even an UnboundLocalError) on top of the one that matters.
+    """
+    for cause in _chain(error):
+        text = str(cause)
+        if any(marker in text.lower() for marker in _DATABASE_GONE):
+            return text.strip().splitlines()[0]
+    return None
+
+
 _CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
 
 

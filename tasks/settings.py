@@ -291,6 +291,11 @@ class TuningConfig(Strict):
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     warm_start_from_champion: bool = True
     search_space: dict[str, ParamRange]
+    # Processes sharing one study (an RDB storage, PostgreSQL in the server shape): the training run
+    # and workers-1 runs of the tuning-worker deployment, wherever the work pool's workers are.
+    workers: int = Field(1, ge=1, le=256, description="processes that share the study's trial budget")
+    heartbeat_seconds: int = Field(30, ge=1, le=3600, description="a shared study's trial heartbeat")
+    grace_seconds: int = Field(90, ge=2, le=86_400, description="silence after which a trial's worker is dead")
 
     @field_validator("search_space")
     @classmethod
@@ -299,6 +304,15 @@ class TuningConfig(Strict):
         if not space:
             raise ValueError("the search space is empty")
         return space
+
+    @model_validator(mode="after")
+    def _grace_outlasts_heartbeat(self) -> TuningConfig:
+        if self.grace_seconds <= self.heartbeat_seconds:
+            raise ValueError(
+                f"grace_seconds ({self.grace_seconds}) must exceed heartbeat_seconds ({self.heartbeat_seconds}), "
+                "or a living worker's trial would be declared dead between two beats"
+            )
+        return self
 
 
 class GateConfig(Strict):

@@ -104,8 +104,9 @@ class DataStore:
     """
 
     # landed/quarantine/processed: batches; inference: the scored log; labels: delayed labels;
-    # monitoring: drift-check results and alerts; reports: Evidently HTML reports.
-    AREAS = ("landed", "quarantine", "processed", "inference", "labels", "monitoring", "reports")
+    # monitoring: drift-check results and alerts; reports: Evidently HTML reports; tuning: the frames
+    # a shared study's workers tune on (tasks/tune_share.py).
+    AREAS = ("landed", "quarantine", "processed", "inference", "labels", "monitoring", "reports", "tuning")
 
     def __init__(self, root_uri: str) -> None:
         self.root_uri = root_uri.rstrip("/")

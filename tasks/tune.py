@@ -11,25 +11,27 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
-from uuid import UUID
+from typing import Any
 
 import numpy as np
 import optuna
-from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.cache_policies import NO_CACHE
+import pandas as pd
 
 from tasks.faults import DURING_TUNING, failpoint
 from tasks.model import estimator, features_and_target, metric_value, model_classes, predict_scores, preprocessor
 from tasks.settings import ParamRange, TrainingConfig
 from tasks.split import Splits
-from tasks.stores import Stores
+from tasks.study_outages import OutageGuard, retry_callback, spent
 from tasks.threads import model_threads
 
 DEFAULT_MAX_ITER = 100
+
+Objective = Callable[[optuna.Trial], float]
+TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
 @dataclass(frozen=True)
@@ -48,38 +50,41 @@ class TuningResult:
     # "trials": the trial budget decided, so a seeded run repeats; "timeout": the time cap cut the
     # search short on a slow machine, and the same seed may give another model elsewhere
     stopped_by: str = "trials"
+    by_worker: dict[str, int] = field(default_factory=dict)  # trials each worker ran (a shared study)
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "trials"}
 
 
-# A trial whose process died stops beating; after the grace period the next worker to ask marks it
-# failed and queues it again (at most TRIAL_RETRIES times), so a killed worker costs no budget.
-HEARTBEAT_SECONDS = 30
-HEARTBEAT_GRACE_SECONDS = 90
-TRIAL_RETRIES = 2
+def is_shared_storage(uri: str) -> bool:
+    """An RDB URL: a study workers on several machines can share (a journal file is one machine's)."""
+    return not uri.startswith("journal:")
 
 
-def make_storage(uri: str) -> optuna.storages.BaseStorage:
+def make_storage(uri: str, heartbeat_seconds: int = 30, grace_seconds: int = 90) -> optuna.storages.BaseStorage:
     """`journal:<path>` is a journal file (fast, no server); anything else is an RDB URL (SQLAlchemy's).
 
     An RDB study (PostgreSQL in the server shape) can be shared by workers on several machines,
-    so it gets heartbeats and the retry of trials whose worker died; a journal file is one machine's.
+    so it gets heartbeats: a trial whose process died stops beating, and after `grace_seconds` the
+    next worker to ask fails it and queues it again (at most TRIAL_RETRIES times): a killed worker
+    costs no budget.
     """
     if uri.startswith("journal:"):
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
         return JournalStorage(JournalFileBackend(uri.removeprefix("journal:")))
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage
 
-    return RDBStorage(
-        uri,
-        engine_kwargs={"pool_pre_ping": True},  # a database restart drops pooled connections: test before use
-        heartbeat_interval=HEARTBEAT_SECONDS,
-        grace_period=HEARTBEAT_GRACE_SECONDS,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=TRIAL_RETRIES),
-    )
+    with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.9, and said so every time
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            uri,
+            engine_kwargs={"pool_pre_ping": True},  # a database restart drops pooled connections: test before use
+            heartbeat_interval=heartbeat_seconds,
+            grace_period=grace_seconds,
+            heartbeat_stale_trial_callback=retry_callback(),
+        )
 
 
 def suggest(trial: optuna.Trial, space: dict[str, ParamRange]) -> dict[str, Any]:
@@ -101,10 +106,10 @@ def warm_start_params(space: dict[str, ParamRange], champion_params: dict[str, A
     return {name: champion_params[name] for name, dim in space.items() if dim.contains(champion_params.get(name))}
 
 
-def make_objective(config: TrainingConfig, splits: Splits) -> Callable[[optuna.Trial], float]:
+def make_objective(config: TrainingConfig, train: pd.DataFrame, validation: pd.DataFrame) -> Objective:
     """Fit the preprocessing once; each trial grows its trees stage by stage and may be pruned."""
-    x_train, y_train = features_and_target(config, splits.train)
-    x_valid, y_valid = features_and_target(config, splits.validation)
+    x_train, y_train = features_and_target(config, train)
+    x_valid, y_valid = features_and_target(config, validation)
     prepare = preprocessor(config).fit(x_train)
     train_matrix, valid_matrix = prepare.transform(x_train), prepare.transform(x_valid)
     metric, step = config.gate.metric, config.tuning.iterations_per_step
@@ -134,47 +139,93 @@ def make_objective(config: TrainingConfig, splits: Splits) -> Callable[[optuna.T
     return objective
 
 
-def run_study(
-    config: TrainingConfig,
-    splits: Splits,
-    storage_uri: str,
-    study_name: str,
-    champion_params: dict[str, Any] | None,
-    on_trial: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None = None,
-) -> TuningResult:
+def open_study(config: TrainingConfig, storage_uri: str, study_name: str, worker: int = 0) -> optuna.Study:
+    """Create the study or join it; worker `n` samples with seed + n, or every worker would propose alike."""
     tuning = config.tuning
     optuna.logging.set_verbosity(logging.WARNING)
-    study = optuna.create_study(
+    return optuna.create_study(
         study_name=study_name,
-        storage=make_storage(storage_uri),
-        sampler=optuna.samplers.TPESampler(seed=tuning.seed),
+        storage=make_storage(storage_uri, tuning.heartbeat_seconds, tuning.grace_seconds),
+        sampler=optuna.samplers.TPESampler(seed=tuning.seed + worker),
         pruner=optuna.pruners.MedianPruner(
             n_startup_trials=tuning.pruner.n_startup_trials, n_warmup_steps=tuning.pruner.n_warmup_steps
         ),
         direction="maximize" if config.higher_is_better else "minimize",
         load_if_exists=True,
     )
+
+
+def prepare_study(
+    config: TrainingConfig, storage_uri: str, study_name: str, champion_params: dict[str, Any] | None
+) -> tuple[optuna.Study, bool]:
+    """The study, labelled, with the champion's parameters queued first; whether they were."""
+    study = open_study(config, storage_uri, study_name)
     study.set_user_attr("model_name", config.model_name)
     study.set_user_attr("metric", config.gate.metric)
+    tuning = config.tuning
     warm = warm_start_params(tuning.search_space, champion_params) if tuning.warm_start_from_champion else {}
     if warm:
         study.enqueue_trial(warm, user_attrs={"source": "champion"}, skip_if_exists=True)
-    started, cpu_started, finished_before = time.monotonic(), time.process_time(), len(study.trials)
-    study.optimize(
-        make_objective(config, splits),
-        n_trials=tuning.n_trials,
-        timeout=tuning.timeout_seconds,
-        callbacks=[on_trial] if on_trial else None,
-        catch=(ValueError,),  # one bad corner of the space fails its trial, not the search
-    )
-    states = [t.state for t in study.trials]
-    ran = len(study.trials) - finished_before
+    return study, bool(warm)
+
+
+def run_study(
+    config: TrainingConfig,
+    splits: Splits,
+    storage_uri: str,
+    study_name: str,
+    champion_params: dict[str, Any] | None,
+    on_trial: TrialCallback | None = None,
+) -> TuningResult:
+    """The search in this process alone: seeded, so a trial budget that is reached repeats."""
+    tuning = config.tuning
+    study, warm = prepare_study(config, storage_uri, study_name, champion_params)
+    started, cpu_started = time.monotonic(), time.process_time()
+    ran = optimize(study, make_objective(config, splits.train, splits.validation), tuning.n_trials,
+                   tuning.timeout_seconds, on_trial)  # fmt: skip
     stopped_by = "trials" if ran >= tuning.n_trials else "timeout"
     if stopped_by == "timeout":
         logging.getLogger(__name__).warning(
             "study %s: the %d s cap stopped it after %d of %d trials; the search is not repeatable on this machine",
             study_name, tuning.timeout_seconds, ran, tuning.n_trials,
         )  # fmt: skip
+    return study_result(study, warm, time.monotonic() - started, time.process_time() - cpu_started, stopped_by)
+
+
+def optimize(
+    study: optuna.Study, objective: Objective, n_trials: int, timeout: float, on_trial: TrialCallback | None
+) -> int:
+    """`study.optimize` until `n_trials` used the budget or `timeout` passed, riding out database outages.
+
+    How many trials used the budget (a trial lost to an outage runs again and counts once).
+    """
+    guard = OutageGuard(study, objective)
+    began = time.monotonic()
+    spent_before: int | None = None
+    while True:
+        try:
+            guard.recover()
+            done = spent(study.get_trials(deepcopy=False))
+            spent_before = done if spent_before is None else spent_before
+            left = timeout - (time.monotonic() - began)
+            if done - spent_before >= n_trials or left <= 0:
+                return done - spent_before
+            study.optimize(
+                guard.objective,
+                n_trials=n_trials - (done - spent_before),
+                timeout=left,
+                callbacks=[on_trial] if on_trial else None,
+                catch=(ValueError,),  # one bad corner of the space fails its trial, not the search
+            )
+            return spent(study.get_trials(deepcopy=False)) - spent_before
+        except Exception as error:
+            guard.weather(error)
+
+
+def study_result(study: optuna.Study, warm: bool, seconds: float, cpu_seconds: float, stopped_by: str) -> TuningResult:
+    """What a finished study found, however many processes ran it."""
+    study_name = study.study_name
+    states = [t.state for t in study.trials]
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise RuntimeError(f"study {study_name}: no trial completed ({len(states)} tried); see the trial log")
@@ -186,54 +237,13 @@ def run_study(
         n_complete=len(complete),
         n_pruned=states.count(optuna.trial.TrialState.PRUNED),
         n_failed=states.count(optuna.trial.TrialState.FAIL),
-        warm_started=bool(warm),
-        seconds=round(time.monotonic() - started, 2),
-        cpu_seconds=round(time.process_time() - cpu_started, 2),
+        warm_started=warm,
+        seconds=round(seconds, 2),
+        cpu_seconds=round(cpu_seconds, 2),
         stopped_by=stopped_by,
+        by_worker=dict(Counter(str(t.user_attrs["worker"]) for t in study.trials if "worker" in t.user_attrs)),
         trials=[
             {"number": t.number, "state": t.state.name, "value": t.value, **t.params, **t.user_attrs}
             for t in study.trials
         ],
     )
-
-
-@task(cache_policy=NO_CACHE)
-def tune(
-    config: TrainingConfig,
-    splits: Splits,
-    stores: Stores,
-    study_name: str,
-    champion_params: dict[str, Any] | None,
-) -> TuningResult:
-    """Run the search with a progress bar in the Prefect UI and one log line per trial."""
-    logger = get_run_logger()
-    budget = config.tuning.n_trials
-    progress = cast(UUID, create_progress_artifact(0.0, description=f"Optuna study {study_name}"))  # sync call
-
-    def report(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = len(study.trials)
-        update_progress_artifact(progress, min(100.0, 100.0 * done / budget))
-        best = study.best_value if any(t.state.name == "COMPLETE" for t in study.trials) else math.nan
-        logger.info(
-            "trial %d/%d %s %s=%s best=%.4f",
-            done,
-            budget,
-            trial.state.name,
-            config.gate.metric,
-            "-" if trial.value is None else f"{trial.value:.4f}",
-            best,
-        )
-
-    result = run_study(config, splits, stores.optuna_storage, study_name, champion_params, report)
-    update_progress_artifact(progress, 100.0)
-    logger.info(
-        "study %s: %d trials (%d complete, %d pruned) in %.1fs, best %s=%.4f",
-        study_name,
-        result.n_trials,
-        result.n_complete,
-        result.n_pruned,
-        result.seconds,
-        config.gate.metric,
-        result.best_value,
-    )
-    return result

@@ -10,7 +10,6 @@ import optuna
 import pytest
 from optuna.storages import JournalStorage
 
-from tasks import tune
 from tasks.settings import ParamRange
 from tasks.split import time_split
 from tasks.tune import make_storage, run_study, suggest, warm_start_params
@@ -87,13 +86,9 @@ def test_make_storage_journal_uri_gives_a_journal_file(tmp_path: Path) -> None:
     assert path.exists()  # the file after the prefix is the journal, not a path relative to elsewhere
 
 
-def test_an_rdb_study_beats_and_a_trial_whose_worker_died_is_tried_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_an_rdb_study_beats_and_a_trial_whose_worker_died_is_tried_again(tmp_path: Path) -> None:
     """Any other URI is an RDB study (PostgreSQL in the server shape; SQLite here, the same code)."""
-    monkeypatch.setattr(tune, "HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr(tune, "HEARTBEAT_GRACE_SECONDS", 1)
-    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    storage = make_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_seconds=1, grace_seconds=1)
     assert isinstance(storage, optuna.storages.RDBStorage)
     study = optuna.create_study(study_name="shared", storage=storage)
     orphan = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
