@@ -11,7 +11,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cli, drift_scale, growth, make_run, overhead, trigger_latency, tuning, validation
+from bench import cli, drift_scale, growth, make_run, overhead, shared_tuning, trigger_latency, tuning, validation
 from bench.timing import REPO_ROOT
 
 OVERHEAD_CONFIGS = ["configs/flights.yaml", "configs/bikeshare.yaml"]  # make run's window, and a small dataset
@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         growth.run(REPO_ROOT / GROWTH_CONFIG, output.with_name(f"{output.stem}-growth.png")),
         make_run.run(REPO_ROOT / RUN_CONFIG),
         cli.run(REPO_ROOT / CLI_CONFIG, max(5, args.repeats)),
+        shared_tuning.run(shared_tuning.CONFIGS, args.repeats),
     ]
     text = "\n".join(
         [

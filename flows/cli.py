@@ -10,6 +10,7 @@ so it works when the Prefect server is down (it still publishes to a configured 
     driftloop rollback                    the previous champion back
     driftloop validate FILE               the data contract on one batch, nothing stored
     driftloop replay --config FILE        backtest the config's dataset: the loop against its baselines
+    driftloop migrate --from-home DIR     copy an embedded home into the stores the environment names
 
 Exit status: 0 done, 1 refused (the gate, the contract, nothing to roll back, a broken history),
 2 bad input (config, file, version), 3 a service unreachable. Failures print one line to stderr.
@@ -226,6 +227,22 @@ def replay(config: TrainingConfig, args: argparse.Namespace) -> int:
     return run(args.config, args.periods)
 
 
+def migrate(config: TrainingConfig, args: argparse.Namespace) -> int:
+    from tasks.migrate import MigrationError, migrate
+    from tasks.stores import Stores
+
+    source = Stores.from_env({"DRIFTLOOP_HOME": args.from_home})  # every store at its embedded default
+    if not (source.home / "mlflow" / "mlflow.db").exists():
+        raise CommandFailed(f"{source.home} holds no embedded MLflow store (mlflow/mlflow.db)", EXIT_BAD_INPUT)
+    _client(config)  # the target's MLflow settings (retries), as every command
+    try:
+        done = migrate(source, Stores.from_env())
+    except MigrationError as error:
+        raise CommandFailed(str(error)) from error
+    print(done.summary())
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="driftloop",
@@ -264,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("file", help="a .csv or .parquet batch")
     add.add_argument("--unlabelled", action="store_true", help="a batch to score: no target column required")
     add.set_defaults(handler=validate)
+
+    add = commands.add_parser(
+        "migrate", help="copy an embedded home (registry, aliases, history, studies, data) to the server shape"
+    )
+    add.add_argument("--from-home", required=True, help="the embedded DRIFTLOOP_HOME to copy from (only read)")
+    add.set_defaults(handler=migrate)
 
     add = commands.add_parser(
         "replay", help="backtest: replay the config's replay: periods through the loop on a local Prefect server"

@@ -81,6 +81,10 @@ def differences(recorded: Manifest, found: Manifest) -> list[str]:
 def download(artifact_uri: str, into: Path, client: MlflowClient | None = None) -> Path:
     """Download into `into`, from the stores `client` points at (default: MLflow's configured ones)."""
     uris = {"tracking_uri": client.tracking_uri, "registry_uri": client._registry_uri} if client else {}
+    name, _, version = artifact_uri.removeprefix("models:/").rpartition("/")
+    if client and artifact_uri.startswith("models:/") and name and version.isdigit():
+        # MLflow resolves a registered version against its global registry, whatever `registry_uri` says
+        artifact_uri = client.get_model_version_download_uri(name, version)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_uri, dst_path=str(into), **uris))
 
 

@@ -31,10 +31,32 @@ DATABASE_OUTAGE_SECONDS = 120  # a restart takes seconds and a failover under a 
 OUTAGE_BACKOFF_SECONDS = (1, 2, 4, 8, 15)
 
 
+# On a trial a process asked for when other processes had already taken the whole budget (two
+# asked at once): it is failed before it runs and uses no budget (tasks/tune_share.py).
+SURPLUS = "surplus"
+
+
+def _replaced(trials: Sequence[FrozenTrial]) -> set[int]:
+    """Failed trials that use no budget: retried under another number, or surplus."""
+    retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
+    return retried | {t.number for t in trials if t.state == TrialState.FAIL and t.user_attrs.get(SURPLUS)}
+
+
 def spent(trials: Sequence[FrozenTrial]) -> int:
     """Trials that used the budget: finished ones, and failures that will not be retried."""
-    retried = {number for t in trials for number in t.system_attrs.get("retry_history", [])}
-    return sum(1 for t in trials if t.state in FINISHED or (t.state == TrialState.FAIL and t.number not in retried))
+    replaced = _replaced(trials)
+    return sum(1 for t in trials if t.state in FINISHED or (t.state == TrialState.FAIL and t.number not in replaced))
+
+
+def over_budget(trials: Sequence[FrozenTrial], number: int, budget: int) -> bool:
+    """Whether trial `number` falls outside the budget: `budget` trials before it already hold a place.
+
+    Trial numbers are handed out atomically by the storage, so of two processes that asked at once
+    exactly the later one finds itself over; every trial before it that is not replaced counts
+    (finished, running, waiting or failed for good).
+    """
+    replaced = _replaced(trials)
+    return sum(1 for t in trials if t.number < number and t.number not in replaced) >= budget
 
 
 def retry_callback() -> RetryHeartbeatStaleTrialCallback:

@@ -143,10 +143,15 @@ def open_study(config: TrainingConfig, storage_uri: str, study_name: str, worker
     """Create the study or join it; worker `n` samples with seed + n, or every worker would propose alike."""
     tuning = config.tuning
     optuna.logging.set_verbosity(logging.WARNING)
+    with warnings.catch_warnings():  # constant_liar is "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # shared, the sampler counts the trials running elsewhere as bad: workers spread out instead of
+        # proposing alike (Optuna's advice for distributed TPE)
+        sampler = optuna.samplers.TPESampler(seed=tuning.seed + worker, constant_liar=tuning.workers > 1)
     return optuna.create_study(
         study_name=study_name,
         storage=make_storage(storage_uri, tuning.heartbeat_seconds, tuning.grace_seconds),
-        sampler=optuna.samplers.TPESampler(seed=tuning.seed + worker),
+        sampler=sampler,
         pruner=optuna.pruners.MedianPruner(
             n_startup_trials=tuning.pruner.n_startup_trials, n_warmup_steps=tuning.pruner.n_warmup_steps
         ),

@@ -8,7 +8,9 @@ machine), and tunes alongside them. Every process runs the same loop (`take_shar
 - it counts the budget (`spent`) as trials finished (complete or pruned) plus trials that failed for good;
   a trial whose worker died is failed by the heartbeat check after `grace_seconds` and queued
   again (Optuna's RetryHeartbeatStaleTrialCallback), so a killed worker costs time, not budget;
-- it starts a trial only while finished + running trials leave budget, or a retry is waiting;
+- it starts a trial only while finished + running trials leave budget, or a retry is waiting; once
+  asked, a trial that finds `n_trials` trials before it (two processes asked at once) is failed
+  unrun as surplus and uses no budget, so the budget is exact;
 - while the rest of the budget runs elsewhere it stays, checking heartbeats, to take over the
   trial of a worker that dies;
 - it rides out a restart of the study's database (`OutageGuard`).
@@ -32,7 +34,7 @@ import pandas as pd
 
 from tasks.settings import TrainingConfig
 from tasks.stores import DataStore, Stores
-from tasks.study_outages import OutageGuard, spent
+from tasks.study_outages import SURPLUS, OutageGuard, over_budget, spent
 from tasks.tune import (
     Objective,
     TrialCallback,
@@ -54,6 +56,10 @@ class SharedTuningError(RuntimeError):
     """The configuration asks for shared tuning that this deployment cannot give."""
 
 
+class SurplusTrial(Exception):
+    """This process asked for a trial just after others took the last of the budget: it does not run."""
+
+
 def take_share(
     study: optuna.Study,
     objective: Objective,
@@ -65,13 +71,18 @@ def take_share(
 ) -> int:
     """Run trials of `study` until its budget is spent or `deadline` (time.time()) passes; how many ran here."""
     waiting, running = optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING
+    ran = 0
 
     def labelled(trial: optuna.Trial) -> float:
+        nonlocal ran
         trial.set_user_attr("worker", worker)  # which process ran it: the test and the UI can tell
+        if over_budget(study.get_trials(deepcopy=False), trial.number, budget):
+            trial.set_user_attr(SURPLUS, True)
+            raise SurplusTrial(f"trial {trial.number}: other workers took the last of the budget of {budget} first")
+        ran += 1
         return objective(trial)
 
     guard = OutageGuard(study, labelled)
-    ran = 0
     while (left := deadline - time.time()) > 0:
         try:
             guard.recover()
@@ -82,14 +93,13 @@ def take_share(
             if spent(trials) >= budget:
                 break
             states = [t.state for t in trials]
-            if waiting in states or spent(trials) + states.count(running) < budget:
-                ran += 1
+            if waiting in states or spent(trials) + states.count(running) < budget:  # checked again once asked
                 study.optimize(
                     guard.objective,
                     n_trials=1,
                     timeout=left,
                     callbacks=[on_trial] if on_trial else None,
-                    catch=(ValueError,),  # one bad corner of the space fails its trial, not the search
+                    catch=(ValueError, SurplusTrial),  # a bad corner of the space fails its trial, not the search
                 )
             else:  # the rest of the budget is running elsewhere: stay to take over a trial whose worker dies
                 time.sleep(min(poll_seconds, left))

@@ -10,6 +10,7 @@ a prefect.yaml rendered for the pool, as a user would deploy from the repository
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 import time
@@ -25,14 +26,16 @@ import yaml
 from mlflow import MlflowClient
 
 from flows.local_stack import PREFECT, free_port, prefect_server, stack_env, stop, wait_until
+from tasks.artifacts import load_version
 from tasks.audit import audit_log
 from tasks.ingest import read_source
+from tasks.migrate import TAG_MIGRATED_FROM
 from tasks.registry import CHAMPION
 from tasks.settings import load_config
 from tasks.split import time_split
 from tasks.stores import Stores
 from tasks.study_outages import spent
-from tasks.tune import prepare_study
+from tasks.tune import make_storage, prepare_study
 from tasks.tune_share import hand_off
 from tests.budget import with_small_budget
 from tests.postgres import Cluster
@@ -337,3 +340,59 @@ def test_a_run_survives_its_database_restarting_mid_run(shape: Shape) -> None:
     assert audit_log(env["DRIFTLOOP_COORDINATION_URL"], MODEL).verify() == []
     (study,) = [s for s in optuna.get_all_study_summaries(storage) if s.study_name not in earlier]
     assert spent(optuna.load_study(study_name=study.study_name, storage=storage).trials) == 20  # the budget held
+
+
+def test_an_embedded_home_migrates_to_the_server_shape(shape: Shape, tmp_path: Path) -> None:
+    """`driftloop migrate`: a home trained on SQLite and files, copied into the PostgreSQL-backed stores; the
+    copy is usable (hash-checked load, card, status) and a second migration is refused."""
+    model = "migrated-rentals"
+    embedded = yaml.safe_load(shape.config.read_text())
+    embedded["model_name"] = model
+    embedded["tuning"].update({"workers": 1, "n_trials": 3})
+    config = tmp_path / "embedded.yaml"
+    config.write_text(yaml.safe_dump(embedded))
+    home = tmp_path / "home"
+    (home / "prefect").mkdir(parents=True)  # Prefect creates its home, not the folders above it
+    local = {k: v for k, v in os.environ.items() if not k.startswith(("DRIFTLOOP_", "PREFECT_API", "MLFLOW_TRACK"))}
+    local |= {"DRIFTLOOP_HOME": str(home), "PREFECT_HOME": str(home / "prefect")}
+    trained = subprocess.run(
+        [sys.executable, "-m", "flows.training", "--config", str(config),
+         "--start", "2011-01-05", "--end", "2011-03-01"],
+        cwd=shape.repo_root, env=local, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    source = Stores.from_env({"DRIFTLOOP_HOME": str(home)})
+    before = MlflowClient(tracking_uri=source.mlflow_tracking_uri, registry_uri=source.mlflow_tracking_uri)
+    (version,) = before.search_model_versions(f"name='{model}'")
+    history = audit_log(source.history, model)
+    assert len(history.entries()) == 1
+
+    def migrate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flows.cli", "--config", str(config), "migrate", "--from-home", str(home)],
+            cwd=shape.repo_root, env=shape.env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    moved = migrate()
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    after = shape.registry()
+    copied = after.get_model_version(model, version.version)
+    assert {k: v for k, v in copied.tags.items() if k != TAG_MIGRATED_FROM} == version.tags
+    assert str(after.get_model_version_by_alias(model, CHAMPION).version) == str(version.version)
+    assert after.get_run(copied.run_id).data.metrics == before.get_run(version.run_id).data.metrics
+    assert load_version(model, version.version, after) is not None  # the files match the hashes recorded at training
+    target = audit_log(shape.env["DRIFTLOOP_COORDINATION_URL"], model)
+    assert [e.sha256 for e in target.entries()] == [e.sha256 for e in history.entries()]
+    assert target.verify() == []
+    studies = {s.study_name for s in optuna.get_all_study_summaries(shape.env["DRIFTLOOP_OPTUNA_STORAGE"])}
+    assert {s.study_name for s in optuna.get_all_study_summaries(make_storage(source.optuna_storage))} <= studies
+    for command in (["status"], ["card", "--version", str(version.version)]):  # what a user reads, from the new stores
+        shown = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "--config", str(config), *command],
+            cwd=shape.repo_root, env=shape.env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        assert model in shown.stdout
+    again = migrate()
+    assert again.returncode == 1
+    assert "already registered" in again.stderr

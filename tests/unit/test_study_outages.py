@@ -14,7 +14,7 @@ from optuna.trial import TrialState, create_trial
 
 from tasks import study_outages
 from tasks.services import database_unreachable
-from tasks.study_outages import OutageGuard, spent
+from tasks.study_outages import SURPLUS, OutageGuard, over_budget, spent
 from tasks.tune import make_storage, optimize
 from tasks.tune_share import take_share
 
@@ -138,3 +138,51 @@ def test_a_share_takes_over_the_trial_of_a_worker_that_died(study: optuna.Study)
     assert retry.state == TrialState.COMPLETE
     assert retry.params == orphan.params
     assert {t.user_attrs.get("worker") for t in trials if t.number != orphan.number} == {"w"}
+
+
+def test_of_two_processes_that_ask_at_once_for_the_last_trial_the_later_is_surplus(study: optuna.Study) -> None:
+    point = {"params": {"x": 0.5}, "distributions": X}
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.1, **point))
+    first, second = study.ask(), study.ask()  # both saw one trial left of a budget of 2
+    trials = study.get_trials()
+    assert not over_budget(trials, first.number, 2)
+    assert over_budget(trials, second.number, 2)
+    second.set_user_attr(SURPLUS, True)
+    study.tell(second, state=TrialState.FAIL)
+    study.tell(first, 0.2)
+    trials = study.get_trials()
+    assert spent(trials) == 2  # the surplus trial used none of it
+    # a retry queued for a failed trial takes that trial's place, not a new one
+    study.add_trial(create_trial(state=TrialState.FAIL, **point))
+    retry = {"failed_trial": 3, "retry_history": [3]}
+    study.add_trial(create_trial(state=TrialState.WAITING, system_attrs=retry, **point))
+    assert not over_budget(study.get_trials(), 4, 3)
+    assert over_budget(study.get_trials(), 4, 2)
+
+
+def test_two_processes_sharing_studies_spend_each_budget_exactly(tmp_path: Path) -> None:
+    """Two real processes on many small SQLite studies with instant trials: the end of each study is a
+    chance for both to ask for its last trial at once."""
+    import subprocess
+    import sys
+
+    url, studies, budget = f"sqlite:///{tmp_path / 'shared.db'}", 20, 3
+    for n in range(studies):
+        optuna.create_study(study_name=f"race-{n}", storage=make_storage(url, 1, 2))
+    script = (
+        "import sys, time, optuna\n"
+        "from tasks.tune import make_storage\n"
+        "from tasks.tune_share import take_share\n"
+        "optuna.logging.set_verbosity(optuna.logging.ERROR)\n"
+        "storage = make_storage(sys.argv[1], 1, 2)\n"
+        f"for n in range({studies}):\n"
+        "    study = optuna.load_study(study_name=f'race-{n}', storage=storage)\n"
+        f"    print(take_share(study, lambda t: t.suggest_float('x', 0, 1), {budget}, time.time() + 60, 'w', 0.01))\n"
+    )
+    workers = [subprocess.Popen([sys.executable, "-c", script, url], stdout=subprocess.PIPE, text=True) for _ in "ab"]
+    ran = [[int(line) for line in w.communicate(timeout=300)[0].split()] for w in workers]
+    for n in range(studies):
+        trials = optuna.load_study(study_name=f"race-{n}", storage=make_storage(url, 1, 2)).get_trials()
+        assert spent(trials) == budget, f"race-{n}"
+        assert [t.state for t in trials].count(TrialState.COMPLETE) == budget
+        assert ran[0][n] + ran[1][n] == budget  # what each process says it ran adds up, surplus excluded
