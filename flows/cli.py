@@ -86,7 +86,7 @@ def _version(client: MlflowClient, config: TrainingConfig, version: str) -> Vers
 
 
 def status(config: TrainingConfig, args: argparse.Namespace) -> int:
-    from tasks.audit import audit_log
+    from tasks.history_store import audit_log
     from tasks.registry_view import open_view
     from tasks.status import model_status
     from tasks.stores import Stores
@@ -98,7 +98,7 @@ def status(config: TrainingConfig, args: argparse.Namespace) -> int:
 
 
 def history(config: TrainingConfig, args: argparse.Namespace) -> int:
-    from tasks.audit import audit_log
+    from tasks.history_store import audit_log
     from tasks.stores import Stores
 
     log = audit_log(Stores.from_env().history, config.model_name)
@@ -142,9 +142,10 @@ def card(config: TrainingConfig, args: argparse.Namespace) -> int:
 
 
 def promote(config: TrainingConfig, args: argparse.Namespace) -> int:
-    from tasks.audit import audit_log, publish_history
+    from tasks.audit import publish_history
     from tasks.card import publish_champion_change
     from tasks.evaluate import HoldoutUnavailable, judge_version
+    from tasks.history_store import audit_log
     from tasks.promote import ManualPromotionError, promote_version
     from tasks.registry import champion
     from tasks.stores import DataStore
@@ -185,8 +186,8 @@ def promote(config: TrainingConfig, args: argparse.Namespace) -> int:
 
 
 def rollback(config: TrainingConfig, args: argparse.Namespace) -> int:
-    from tasks.audit import audit_log
     from tasks.card import publish_champion_change
+    from tasks.history_store import audit_log
     from tasks.promote import RollbackError
     from tasks.promote import rollback as roll_back
 

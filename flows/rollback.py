@@ -8,8 +8,8 @@ import sys
 from mlflow import MlflowClient
 from prefect import flow, get_run_logger
 
-from tasks.audit import audit_log
 from tasks.card import publish_champion_change
+from tasks.history_store import audit_log
 from tasks.promote import Decision, RollbackError, rollback
 from tasks.registry import connect
 from tasks.stores import Stores

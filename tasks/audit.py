@@ -98,7 +98,7 @@ def current_actor() -> str:
 class AuditLog:
     """The append-only history of one registered model, one JSON line per decision, in a file.
 
-    `tasks/audit_pg.py` keeps the same lines in PostgreSQL for several hosts; `audit_log` picks.
+    `tasks/audit_pg.py` keeps the same lines in PostgreSQL for several hosts; `tasks.history_store.audit_log` picks.
     """
 
     def __init__(self, folder: Path, model: str) -> None:
@@ -187,15 +187,6 @@ class AuditLog:
                 problems.append(f"{self.where}:{number}: content does not match its sha256 (the line was edited)")
             previous = entry.sha256
         return problems
-
-
-def audit_log(history: Path | str, model: str) -> AuditLog:
-    """The history of `model`: in a folder, or in PostgreSQL when `history` is its URL (several hosts)."""
-    if isinstance(history, str):
-        from tasks.audit_pg import PostgresAuditLog
-
-        return PostgresAuditLog(history, model)
-    return AuditLog(history, model)
 
 
 def gate_summary(report: Any) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tasks.audit import ROLLED_BACK, AuditEntry, AuditLog, audit_log
+from tasks.audit import ROLLED_BACK, AuditEntry, AuditLog
+from tasks.history_store import audit_log
 from tasks.registry_names import (
     CHAMPION,
     PREVIOUS,

@@ -33,7 +33,8 @@ from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 
 from tasks.artifacts import differences, download, manifest_of, recorded_manifest, run_manifest
-from tasks.audit import AuditLog, audit_log
+from tasks.audit import AuditLog
+from tasks.history_store import audit_log
 from tasks.registry import ensure_experiment
 from tasks.services import redact
 from tasks.stores import Stores

@@ -34,13 +34,13 @@ from tasks.audit import (
     PROMOTED,
     ROLLED_BACK,
     AuditLog,
-    audit_log,
     gate_summary,
     publish_history,
 )
 from tasks.card import publish_card
 from tasks.faults import AFTER_REGISTER, failpoint
 from tasks.gate import GateReport
+from tasks.history_store import audit_log
 from tasks.locks import Locks, promotion_lock
 from tasks.registry import (
     CHAMPION,

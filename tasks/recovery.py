@@ -39,7 +39,7 @@ from mlflow.entities import RunStatus
 from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.audit import audit_log
+from tasks.history_store import audit_log
 from tasks.locks import Locks, promotion_lock
 from tasks.registry import (
     CHAMPION,

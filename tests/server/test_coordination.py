@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.audit import PROMOTED, audit_log
+from tasks.audit import PROMOTED
 from tasks.audit_pg import TABLE
+from tasks.history_store import audit_log
 from tasks.locks import promotion_lock
 from tasks.pgsql import LockTimeout, advisory_lock, is_postgres_url
 from tasks.stores import Stores
@@ -32,7 +33,7 @@ with promotion_lock(sys.argv[1], "m"):
 
 APPEND = """
 import sys
-from tasks.audit import audit_log
+from tasks.history_store import audit_log
 log = audit_log(sys.argv[1], "m")
 for n in range(int(sys.argv[3])):
     log.append(id=f"{sys.argv[2]}-{n}", event="promoted", champion_before=None, champion_after="1",

@@ -27,7 +27,7 @@ from mlflow import MlflowClient
 
 from flows.local_stack import PREFECT, free_port, prefect_server, stack_env, stop, wait_until
 from tasks.artifacts import load_version
-from tasks.audit import audit_log
+from tasks.history_store import audit_log
 from tasks.ingest import read_source
 from tasks.migrate import TAG_MIGRATED_FROM
 from tasks.registry import CHAMPION
