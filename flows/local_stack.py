@@ -28,7 +28,7 @@ from tasks.settings import load_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).parent / "prefect")
-DEPLOYMENTS_PER_CONFIG = 4  # training, scoring, monitoring, rollback (flows/deployments.py)
+DEPLOYMENTS_PER_CONFIG = 5  # training, scoring, monitoring, rollback, tuning-worker (flows/deployments.py)
 
 
 @dataclass(frozen=True)

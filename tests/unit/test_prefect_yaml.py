@@ -9,6 +9,7 @@ import pytest
 import yaml
 from prefect.cli.deploy._models import PrefectYamlModel
 
+from flows.local_stack import DEPLOYMENTS_PER_CONFIG
 from flows.prefect_yaml import DEFAULT_CONFIGS, render
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,3 +56,11 @@ def test_drift_triggers_keep_their_event_templates_for_the_server_to_fill(commit
             trigger["match"]["prefect.resource.id"] == f"driftloop.model.{entry['parameters']['config']['model_name']}"
         )
         assert trigger["parameters"]["window"] == "{{ event.payload.retrain_window }}"
+
+
+def test_the_local_stack_waits_for_as_many_deployments_as_a_config_declares(committed: dict) -> None:
+    # `make up` and the end-to-end tests wait for this many served deployments per config
+    per_config = {}
+    for entry in committed["deployments"]:
+        per_config[entry["name"]] = per_config.get(entry["name"], 0) + 1
+    assert set(per_config.values()) == {DEPLOYMENTS_PER_CONFIG}
