@@ -36,6 +36,7 @@ SCORED_AT = "scored_at"
 MODEL_NAME = "model_name"
 MODEL_VERSION = "model_version"
 RECORDED_AT = "recorded_at"
+REQUEST_ID = "request_id"  # online rows only (flows/serve.py): the request that asked for the prediction
 PART = "part-0.parquet"
 UTC_NS = "datetime64[ns, UTC]"
 
@@ -64,7 +65,9 @@ def prediction_columns(config: TrainingConfig) -> list[str]:
 
 def log_columns(config: TrainingConfig) -> list[str]:
     """Every column of a stored log row, in the order it is written."""
-    return [BATCH_ID, SCORED_AT, MODEL_NAME, MODEL_VERSION, *record_columns(config), *prediction_columns(config)]
+    return [
+        BATCH_ID, SCORED_AT, MODEL_NAME, MODEL_VERSION, *record_columns(config), *prediction_columns(config), REQUEST_ID
+    ]  # fmt: skip
 
 
 def log_schema(config: TrainingConfig) -> pa.DataFrameSchema:
@@ -100,6 +103,7 @@ def log_schema(config: TrainingConfig) -> pa.DataFrameSchema:
         columns[PREDICTION] = pa.Column(str, nullable=False, checks=_nonempty(PREDICTION))
         columns[CONFIDENCE] = pa.Column(float, coerce=True, nullable=False, checks=unit)
         columns[PROBABILITIES] = pa.Column(str, nullable=True, checks=pa.Check.str_startswith("{"))
+    columns[REQUEST_ID] = pa.Column(str, nullable=True, checks=_nonempty(REQUEST_ID))  # null: batch scoring
     return pa.DataFrameSchema(columns, strict=True, name=f"{config.name}-inference-log")
 
 
@@ -188,12 +192,15 @@ class InferenceLog:
         batch_id: str,
         model_name: str,
         model_version: str,
-        scored_at: datetime | pd.Timestamp,
+        scored_at: datetime | pd.Timestamp | pd.Series,
         confidence: pd.Series | np.ndarray | None = None,
         probabilities: pd.Series | None = None,
+        request_ids: pd.Series | None = None,
     ) -> str:
         """Write the scored batch as its own partition, replacing any earlier write of `batch_id`.
 
+        `scored_at` is one moment for the whole batch, or one per row (online rows, answered at
+        different times); `request_ids`, online rows only, names each row's request.
         `predictions` (and, for multiclass, `confidence`) line up with `frame` by position. The
         target, if `frame` has it, is not logged: labels go through `record_labels`. Raises
         pandera's SchemaErrors (every problem at once) before writing anything if the batch
@@ -219,10 +226,16 @@ class InferenceLog:
 
         rows = len(frame)
         record = frame[record_columns(config)].reset_index(drop=True)
+        if isinstance(scored_at, pd.Series):
+            if len(scored_at) != rows:
+                raise ValueError(f"{len(scored_at)} scoring times for {rows} rows")
+            moments = pd.to_datetime(scored_at.reset_index(drop=True), utc=True)
+        else:
+            moments = pd.Series([_utc(scored_at)] * rows)
         meta = pd.DataFrame(
             {
                 BATCH_ID: [batch_id] * rows,
-                SCORED_AT: [_utc(scored_at)] * rows,
+                SCORED_AT: moments,
                 MODEL_NAME: [model_name] * rows,
                 MODEL_VERSION: [model_version] * rows,
             }
@@ -235,6 +248,11 @@ class InferenceLog:
                 if probabilities is not None
                 else np.full(rows, None, dtype=object)
             )
+        if request_ids is not None and len(request_ids) != rows:
+            raise ValueError(f"{len(request_ids)} request ids for {rows} rows")
+        scored[REQUEST_ID] = (
+            np.full(rows, None, dtype=object) if request_ids is None else np.asarray(request_ids, dtype=object)
+        )
         entry = pd.concat([meta, record, pd.DataFrame(scored)], axis=1)[log_columns(config)]
         entry = log_schema(config).validate(entry, lazy=True)
         # the partition folder names the batch (hive style); the file holds the rest
@@ -322,6 +340,7 @@ class InferenceLog:
         if config.task == "multiclass":
             dtypes[CONFIDENCE] = "float64"
             dtypes[PROBABILITIES] = "object"
+        dtypes[REQUEST_ID] = "object"
         dtypes[config.target] = _target_dtype(config)
         return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in dtypes.items()})
 
@@ -352,6 +371,8 @@ class InferenceLog:
         if not parts:
             return self.empty()
         log = pd.concat(parts, ignore_index=True)
+        if REQUEST_ID not in log.columns:  # written before online serving logged request ids
+            log[REQUEST_ID] = pd.Series(None, index=log.index, dtype="object")
         for column in (SCORED_AT, config.timestamp):
             log[column] = _as_utc_ns(log[column])
         stamp = log[config.timestamp]

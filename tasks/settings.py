@@ -443,6 +443,20 @@ class CardConfig(Strict):
     owners: list[str] = Field(default_factory=list, description="who answers for the model")
 
 
+class ServingConfig(Strict):
+    """The online service (`make serve`, flows/serve.py): where it listens, how it follows the champion and logs."""
+
+    host: str = Field("127.0.0.1", description="bind address; loopback unless a proxy in front needs more")
+    port: int = Field(8000, ge=1, le=65_535)
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, each with its own model copy")
+    poll_seconds: float = Field(5.0, ge=0.2, le=3600, description="how often the champion alias is read")
+    max_batch_rows: int = Field(10_000, ge=1, le=1_000_000, description="larger requests get a 422")
+    log_flush_seconds: float = Field(
+        2.0, ge=0.05, le=600, description="answered rows wait at most this long before they are in the log"
+    )
+    log_flush_rows: int = Field(5_000, ge=1, le=1_000_000, description="or this many rows, whichever comes first")
+
+
 ReplayPeriod = Literal["day", "week", "month", "quarter", "year"]
 ReplayBaseline = Literal["static", "always", "frontier"]
 ALL_BASELINES: tuple[ReplayBaseline, ...] = ("static", "always", "frontier")
@@ -507,6 +521,7 @@ class TrainingConfig(Strict):
     explanations: ExplanationConfig = Field(default_factory=ExplanationConfig)
     card: CardConfig = Field(default_factory=CardConfig)
     replay: ReplayConfig | None = Field(None, description="the backtest of this dataset (make run, driftloop replay)")
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
     @field_validator("name", "model_name")
     @classmethod

@@ -74,8 +74,12 @@ def null_ratio_check(limit: float) -> pa.Check:
 FINITE = pa.Check(lambda series: ~np.isinf(series), ignore_na=True, name="finite")
 
 
-def build_schema(config: TrainingConfig, *, require_target: bool = True) -> pa.DataFrameSchema:
+def build_schema(config: TrainingConfig, *, require_target: bool = True, per_row: bool = False) -> pa.DataFrameSchema:
     """The row-level contract of a batch, from the config alone.
+
+    `per_row=True` is the contract of an online request (flows/serve.py): every rule a single row
+    can break, and none of a batch's shares: a null passes wherever the config allows any nulls,
+    since a null ratio is a property of many rows, which monitoring judges on the inference log.
 
     `require_target=False` is the contract of a batch to score, whose labels arrive later: the
     target may be absent, and where present it is checked as usual but may be null; the row-key
@@ -94,7 +98,7 @@ def build_schema(config: TrainingConfig, *, require_target: bool = True) -> pa.D
             checks.append(pa.Check.le(rule.max))
         if rule and rule.allowed is not None:
             checks.append(pa.Check.isin(rule.allowed))
-        if 0 < max_null < 1:
+        if 0 < max_null < 1 and not per_row:
             checks.append(null_ratio_check(max_null))
         numeric = name in config.features.numeric or (name == config.target and config.task != "multiclass")
         if numeric:

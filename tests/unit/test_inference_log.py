@@ -20,6 +20,7 @@ from tasks.inference_log import (
     CONFIDENCE,
     PREDICTION,
     PROBABILITIES,
+    REQUEST_ID,
     InferenceLog,
     join_labels,
     log_columns,
@@ -363,7 +364,8 @@ def test_multiclass_logs_the_label_and_its_confidence(tmp_path, make_config, mak
     log.record_labels(frame[["ts", "y"]].head(10), "labels")
 
     back = log.read()
-    assert list(back.columns[-4:]) == [PREDICTION, CONFIDENCE, PROBABILITIES, "y"]
+    assert list(back.columns[-5:]) == [PREDICTION, CONFIDENCE, PROBABILITIES, REQUEST_ID, "y"]
+    assert back[REQUEST_ID].isna().all()  # batch scoring answers no request
     assert back[PROBABILITIES].isna().all()  # a writer without class probabilities: unknown, not invented
     assert back[PREDICTION].tolist() == labels.tolist()
     np.testing.assert_allclose(back[CONFIDENCE], confidence)
