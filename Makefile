@@ -29,7 +29,7 @@ export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 export PREFECT_PORT ?= 4200
 export MLFLOW_PORT ?= 5000
 
-.PHONY: help venv browser lock run train test test-fast lint typecheck check up down status rollback reconcile clean bench
+.PHONY: help venv browser lock run train serve test test-fast lint typecheck check up down status rollback reconcile clean bench
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ run: venv ## the main job: the backtest of CONFIG (default: 2013 flights) throug
 train: venv ## one training run on CONFIG's window (default: January-February 2013 flights)
 	@mkdir -p $(PREFECT_HOME)
 	$(BIN)/python -m flows.training --config $(CONFIG)
+
+serve: venv ## answer with CONFIG's champion over HTTP (after make run; serving: in the config, 127.0.0.1:8000)
+	$(BIN)/python -m flows.serve --config $(CONFIG)
 
 browser: ## Debian's chromium for the UI test (installed with apt-get when missing and root)
 	@command -v chromium >/dev/null || { \

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pandas as pd
 import pytest
+import yaml
 from prefect import flow
 from prefect.settings import PREFECT_API_URL
 
@@ -23,12 +24,14 @@ from flows.scoring import scoring
 from flows.training import training
 from tasks.alerts import last_alert_at
 from tasks.drift_policy import DriftDecision
-from tasks.inference_log import PREDICTION, InferenceLog
+from tasks.inference_log import PREDICTION, REQUEST_ID, InferenceLog
+from tasks.ingest import load_bundled
 from tasks.monitor import MonitoringOutcome, raise_alert
 from tasks.notify import DRIFT_EVENT
 from tasks.settings import TimeWindow, TrainingConfig
 from tasks.stores import DataStore, Stores
 from tests.flows.conftest import with_changes
+from tests.serving.conftest import records_for_requests, start_service
 from tests.shifts import february_moved_to_june_with_summer_weather
 
 pytestmark = pytest.mark.flow
@@ -181,3 +184,34 @@ def test_raise_alert_emits_the_event_with_the_retrain_window_and_starts_the_cool
     assert retrain["start"] == str(datetime(2013, 6, 21).date() - timedelta(days=config.monitoring.retrain_window_days))
     assert event["payload"]["reasons"] == ["feature drift: test"]
     assert last_alert_at(DataStore(Stores.from_env().data_uri), config.name, config.model_name) == as_of
+
+
+def test_monitoring_reads_what_the_online_service_answered(
+    loop_home: Path, flights_config: TrainingConfig, tmp_path: Path
+) -> None:
+    """Rows answered over HTTP are production traffic: the next drift check judges exactly them."""
+    april = TimeWindow(start="2013-04-01", end="2013-04-29")
+    rows = load_bundled(flights_config, april).drop_duplicates(subset=list(flights_config.validation.unique_key))
+    rows = rows.sample(n=1200, random_state=0).sort_values(flights_config.timestamp)
+    records = records_for_requests(flights_config, rows)
+    config_path = tmp_path / "flights.yaml"
+    raw = flights_config.model_dump(mode="json")
+    raw["serving"] = {**raw["serving"], "log_flush_seconds": 0.2}
+    config_path.write_text(yaml.safe_dump(raw))
+    service = start_service(config_path, loop_home, tmp_path / "serve.log")
+    try:
+        for start in range(0, len(records), 400):
+            answer = httpx.post(f"{service.url}/predict", json=records[start : start + 400], timeout=60)
+            assert answer.status_code == 200, answer.text
+    finally:
+        service.stop()  # a graceful stop writes every answered row
+
+    outcome = monitoring(config=flights_config, as_of=datetime(2013, 4, 29, tzinfo=UTC))
+
+    assert outcome.result is not None, outcome.decision.reasons
+    assert outcome.result.rows_current == len(records)
+    assert outcome.model_version == answer.json()["model"]["version"]
+    logged = inference_log(flights_config).read(
+        pd.Timestamp("2013-04-01", tz="UTC"), pd.Timestamp("2013-04-29", tz="UTC")
+    )
+    assert logged[REQUEST_ID].notna().all()

@@ -26,6 +26,7 @@ from mlflow import MlflowClient
 
 from flows.local_stack import free_port
 from tasks.artifacts import hash_tags
+from tasks.derive import inputs_of
 from tasks.ingest import load_bundled
 from tasks.model import features_and_target, fit_pipeline
 from tasks.registry import CHAMPION, TAG_DECIDED_AT, configure_mlflow
@@ -46,9 +47,6 @@ class World:
     stores: Stores
     client: MlflowClient
     rows: pd.DataFrame  # validated rows of the two days, target included
-
-    def env(self) -> dict[str, str]:
-        return {**os.environ, "DRIFTLOOP_HOME": str(self.home), "PYTHONUNBUFFERED": "1"}
 
     def register(self, params: dict[str, Any], features: list[str] | None = None, champion: bool = True) -> str:
         """Fit, log (skops, hashes recorded) and register a version; move the champion alias to it."""
@@ -116,11 +114,17 @@ class Server:
 
 
 def start_server(world: World, log: Path) -> Server:
+    return start_service(world.config_path, world.home, log)
+
+
+def start_service(config_path: Path, home: Path, log: Path) -> Server:
+    """`python -m flows.serve` on a free loopback port against `home`; returns once it answers."""
     port = free_port()
+    env = {**os.environ, "DRIFTLOOP_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "flows.serve", "--config", str(world.config_path), "--port", str(port)],
-            cwd=REPO, env=world.env(), stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "flows.serve", "--config", str(config_path), "--port", str(port)],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -137,11 +141,16 @@ def start_server(world: World, log: Path) -> Server:
 
 
 def request_records(world: World, n: int, start: int = 0) -> list[dict[str, Any]]:
-    """JSON records of the scoring contract (timestamp, row key, features), as a client sends them."""
-    config = world.config
+    return records_for_requests(world.config, world.rows.iloc[start : start + n])
+
+
+def records_for_requests(config: TrainingConfig, rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """JSON records of the scoring contract (timestamp, row key, raw features), as a client sends them."""
+    derived = {d.name for d in config.derive if d.name not in inputs_of(d)}  # computed from other columns
     columns = list(dict.fromkeys([config.timestamp, *config.validation.unique_key, *config.features.all]))
-    frame = world.rows.iloc[start : start + n][columns].copy()
+    columns = [c for c in columns if c not in derived or c == config.timestamp]  # derived again by the service
+    frame = rows[columns].copy()
     frame[config.timestamp] = frame[config.timestamp].map(lambda t: t.isoformat())
-    frame = frame.drop(columns=["day_of_week"])  # derived from the timestamp, as in a batch
     records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
-    return [{k: (int(v) if isinstance(v, float) and k == "flight" else v) for k, v in r.items()} for r in records]
+    keys = set(config.validation.unique_key)  # integral key values stay integers, as a client sends them
+    return [{k: (int(v) if k in keys and isinstance(v, float) else v) for k, v in r.items()} for r in records]
