@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
+import pyarrow
 import pyarrow.parquet as pq
 
 from tasks.settings import TrainingConfig
@@ -259,6 +260,27 @@ class InferenceLog:
         return self.store.put(
             "inference", config.name, _partition(batch_id), _parquet_bytes(entry.drop(columns=BATCH_ID))
         )
+
+    def merge(self, batch_ids: list[str], into: str) -> str:
+        """Rewrite several partitions as one (`into`), then delete them; returns the merged path.
+
+        Many small online writes make every later read open many files; merging keeps the log's file
+        count to a few per hour. The merged partition is written before any source is deleted, so a
+        crash in between leaves rows twice in storage, never lost; `read()` counts a row key once.
+        """
+        paths = [self.store.path("inference", self.config.name, _partition(b)) for b in batch_ids]
+        tables = []
+        for path in paths:
+            with self.store.open(path) as handle:
+                tables.append(pq.read_table(handle))
+        merged = pyarrow.concat_tables(tables, promote_options="default")
+        buffer = io.BytesIO()
+        pq.write_table(merged, buffer)
+        target = self.store.put("inference", self.config.name, _partition(into), buffer.getvalue())
+        for path in paths:
+            if path != target:
+                self.store.remove(path)
+        return target
 
     def record_labels(
         self, labels: pd.DataFrame, batch_id: str, recorded_at: datetime | pd.Timestamp | None = None

@@ -8,6 +8,10 @@ other. What a crash can lose is bounded and documented: the rows answered in the
 interval (or the last `log_flush_rows` rows), never more. A graceful stop flushes everything.
 A write that fails (the store is down) keeps its rows and is tried again at the next flush; rows
 beyond `MAX_PENDING_FLUSHES` intervals' worth are dropped and counted, so memory stays bounded.
+
+Small writes every few seconds would leave monitoring thousands of files to open per window, so once
+an hour is over its partitions are merged into one (`online-<hour>-<writer>`), and a graceful stop
+merges what it wrote too: a few files per process and hour (tasks/inference_log.py `merge`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -46,8 +52,14 @@ class Answered:
 class OnlineLog:
     """Gathers answered rows and appends them to the inference log in the background."""
 
-    def __init__(self, config: TrainingConfig, data_uri: str) -> None:
+    def __init__(
+        self, config: TrainingConfig, data_uri: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
         self.config = config
+        self.clock = clock
+        self.writer = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"  # unique per process start: names never clash
+        self.unmerged: list[tuple[str, str]] = []  # (hour, batch id) written and not merged yet
+        self.merged_partitions = 0
         self.log = InferenceLog(DataStore(data_uri), config)
         self.pending: list[Answered] = []
         self.pending_rows = 0
@@ -87,6 +99,7 @@ class OnlineLog:
         if self._thread:
             self._thread.join(timeout=60)
         self.flush()
+        self.merge(everything=True)
 
     def flush(self) -> int:
         """Write what waits, one partition per model version; returns the rows written."""
@@ -110,7 +123,24 @@ class OnlineLog:
             else:
                 self.last_error = None
             self.written_rows += written
+            self.merge()
             return written
+
+    def merge(self, everything: bool = False) -> None:
+        """Merge the partitions of every finished hour (all of them when stopping) into one per hour."""
+        hour = f"{self.clock():%Y%m%dT%H}"
+        done = sorted({h for h, _ in self.unmerged if everything or h < hour})
+        for finished in done:
+            batches = [b for h, b in self.unmerged if h == finished]
+            if len(batches) > 1:
+                try:
+                    self.log.merge(batches, into=f"online-{finished}-{self.writer}")
+                except Exception as error:  # the small partitions stay readable; merged on the next try
+                    self.last_error = f"merging the inference log's partitions failed: {type(error).__name__}: {error}"
+                    log.error(self.last_error)
+                    return
+                self.merged_partitions += len(batches)
+            self.unmerged = [(h, b) for h, b in self.unmerged if h != finished]
 
     def _keep(self, kept: list[Answered]) -> None:
         limit = MAX_PENDING_FLUSHES * self.config.serving.log_flush_rows
@@ -131,7 +161,8 @@ class OnlineLog:
         answered_at = pd.Series([a.answered_at for a in group for _ in range(len(a.rows))])
         request_ids = pd.Series([a.request_id for a in group for _ in range(len(a.rows))])
         self._sequence += 1
-        batch_id = f"online-{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}-{self._sequence:06d}"
+        now = self.clock()
+        batch_id = f"online-{now:%Y%m%dT%H%M%S}-{self.writer}-{self._sequence:06d}"
         self.log.append(
             rows,
             prediction,
@@ -143,4 +174,5 @@ class OnlineLog:
             probabilities=probabilities,
             request_ids=request_ids,
         )
+        self.unmerged.append((f"{now:%Y%m%dT%H}", batch_id))
         return len(rows)

@@ -7,6 +7,7 @@ fsspec, so a `s3://` or `gs://` data root is a change of URI (plus the fsspec dr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from tasks.pgsql import is_postgres_url
 from tasks.services import redact, sqlite_path, with_busy_timeout
@@ -117,6 +119,10 @@ class DataStore:
             raise ValueError(f"unknown data area {area!r}")
         return "/".join(part for part in (self.root, area, dataset, name) if part)
 
+    def path(self, area: str, dataset: str, name: str = "") -> str:
+        """Where an object of `area` lives (whether or not it exists yet)."""
+        return self._path(area, dataset, name)
+
     def land(self, dataset: str, name: str, data: bytes) -> tuple[str, str]:
         """Store `data` as an immutable landed batch; returns (path, sha256).
 
@@ -179,6 +185,14 @@ class DataStore:
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, path)
         return path
+
+    def remove(self, path: str) -> None:
+        """Delete one object, and its folder once empty; one already gone is fine (another remover was first)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+        if isinstance(self.fs, LocalFileSystem):  # an object store has no folders to leave behind
+            with contextlib.suppress(OSError):
+                self.fs.rmdir(path.rsplit("/", 1)[0])
 
     def find(self, area: str, dataset: str, suffix: str = "") -> list[str]:
         """Every object under area/dataset (recursively) whose name ends with `suffix`, sorted."""

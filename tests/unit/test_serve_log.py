@@ -1,0 +1,111 @@
+"""The online log writer: answered rows reach the inference log once, whole, and hours end as one file."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.inference_log import REQUEST_ID, InferenceLog
+from tasks.serve_log import Answered, OnlineLog
+from tasks.stores import DataStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2024, 1, 10, 9, 58, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def answered(frame: pd.DataFrame, request_id: str, version: str = "1", multiclass: bool = False) -> Answered:
+    rows = frame[["ts", "x1", "x2", "c1"]].reset_index(drop=True)
+    if multiclass:
+        probabilities = pd.Series([json.dumps({"low": 0.2, "mid": 0.5, "high": 0.3})] * len(rows))
+        return Answered(
+            rows, pd.Series(["mid"] * len(rows)), pd.Series(np.full(len(rows), 0.5)), probabilities,
+            "synthetic-model", version, request_id, datetime.now(UTC),
+        )  # fmt: skip
+    prediction = pd.Series(np.linspace(0, 1, len(rows)))
+    return Answered(rows, prediction, None, None, "synthetic-model", version, request_id, datetime.now(UTC))
+
+
+@pytest.fixture
+def keyed(make_config):
+    return make_config("binary", validation={"unique_key": ["ts"]})
+
+
+def partitions(root: Path) -> list[str]:
+    return sorted(p.parent.name for p in (root / "inference" / "synthetic").rglob("part-0.parquet"))
+
+
+def test_rows_of_two_versions_are_written_once_with_their_request_and_version(keyed, make_frame, tmp_path) -> None:
+    frame = make_frame("binary", rows=30)
+    writer = OnlineLog(keyed, (tmp_path / "data").as_uri())
+    writer.add(answered(frame.iloc[:10], "r1", "1"))
+    writer.add(answered(frame.iloc[10:30], "r2", "2"))
+    assert writer.pending_rows == 30
+
+    assert writer.flush() == 30
+    assert writer.flush() == 0  # nothing twice
+    log = InferenceLog(DataStore((tmp_path / "data").as_uri()), keyed).read()
+    assert len(log) == 30
+    assert log.groupby(REQUEST_ID)["model_version"].agg(set).to_dict() == {"r1": {"1"}, "r2": {"2"}}
+    assert len(partitions(tmp_path / "data")) == 2  # one partition per version and flush
+
+
+def test_a_finished_hour_is_merged_into_one_partition_and_a_stop_merges_the_rest(keyed, make_frame, tmp_path) -> None:
+    frame = make_frame("binary", rows=60)
+    clock = Clock()
+    writer = OnlineLog(keyed, (tmp_path / "data").as_uri(), clock=clock)
+    for i in range(3):  # three flushes in the 09:00 hour
+        writer.add(answered(frame.iloc[i * 10 : (i + 1) * 10], f"a{i}"))
+        writer.flush()
+    assert len(partitions(tmp_path / "data")) == 3
+
+    clock.now += timedelta(minutes=5)  # 10:03: the 09:00 hour is over
+    writer.add(answered(frame.iloc[30:40], "b0"))
+    writer.flush()
+    names = partitions(tmp_path / "data")
+    assert len(names) == 2
+    assert any(name.startswith("batch_id=online-20240110T09-") for name in names)
+    log = InferenceLog(DataStore((tmp_path / "data").as_uri()), keyed).read()
+    assert sorted(log[REQUEST_ID].unique()) == ["a0", "a1", "a2", "b0"]
+    assert len(log) == 40
+
+    writer.add(answered(frame.iloc[40:60], "b1"))
+    writer.stop()  # flushes, then merges the unfinished hour too
+    assert len(partitions(tmp_path / "data")) == 2
+    assert len(InferenceLog(DataStore((tmp_path / "data").as_uri()), keyed).read()) == 60
+    assert not [p for p in (tmp_path / "data" / "inference" / "synthetic").iterdir() if not any(p.iterdir())]
+
+
+def test_a_failed_write_keeps_the_rows_for_the_next_flush(keyed, make_frame, tmp_path, monkeypatch) -> None:
+    writer = OnlineLog(keyed, (tmp_path / "data").as_uri())
+    writer.add(answered(make_frame("binary", rows=10), "r1"))
+    real = writer.log.append
+
+    def down(*args, **kwargs):
+        raise ConnectionError("store unreachable")
+
+    monkeypatch.setattr(writer.log, "append", down)
+    assert writer.flush() == 0
+    assert writer.pending_rows == 10
+    assert "store unreachable" in writer.last_error
+    monkeypatch.setattr(writer.log, "append", real)
+    assert writer.flush() == 10
+    assert writer.last_error is None
+
+
+def test_multiclass_rows_keep_their_class_probabilities(make_config, make_frame, tmp_path) -> None:
+    config = make_config("multiclass", validation={"unique_key": ["ts"]})
+    writer = OnlineLog(config, (tmp_path / "data").as_uri())
+    writer.add(answered(make_frame("multiclass", rows=5), "m1", multiclass=True))
+    assert writer.flush() == 5
+    log = InferenceLog(DataStore((tmp_path / "data").as_uri()), config).read()
+    assert json.loads(log["prediction_probabilities"].iloc[0]) == {"low": 0.2, "mid": 0.5, "high": 0.3}
