@@ -11,7 +11,18 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cli, drift_scale, growth, make_run, overhead, shared_tuning, trigger_latency, tuning, validation
+from bench import (
+    cli,
+    drift_scale,
+    growth,
+    make_run,
+    overhead,
+    serving,
+    shared_tuning,
+    trigger_latency,
+    tuning,
+    validation,
+)
 from bench.timing import REPO_ROOT
 
 OVERHEAD_CONFIGS = ["configs/flights.yaml", "configs/bikeshare.yaml"]  # make run's window, and a small dataset
@@ -26,6 +37,7 @@ LOCAL_POLL = 2  # the runner poll the local stack sets: the goal is judged here,
 DRIFT_ROWS = [10_000, 100_000, 1_000_000]
 GROWTH_CONFIG = "configs/flights.yaml"
 RUN_CONFIG = "configs/flights.yaml"  # make run's default
+SERVING_REPEATS = 2  # locust runs per load and side: the section stays near 6 minutes
 
 
 def machine() -> str:
@@ -59,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         make_run.run(REPO_ROOT / RUN_CONFIG),
         cli.run(REPO_ROOT / CLI_CONFIG, max(5, args.repeats)),
         shared_tuning.run(shared_tuning.CONFIGS, args.repeats),
+        serving.run(min(args.repeats, SERVING_REPEATS)),
     ]
     text = "\n".join(
         [
