@@ -78,8 +78,8 @@ class Metrics:
         )  # fmt: skip
 
     def served(self, served: ServedVersion, previous: ServedVersion | None) -> None:
-        if previous is not None:
-            self.version.remove(previous.name, previous.version)
+        if previous is not None:  # set to 0, not removed: multiprocess mode keeps a removed child's file
+            self.version.labels(previous.name, previous.version).set(0)
             self.reloads.inc()
         self.version.labels(served.name, served.version).set(1)
 

@@ -113,17 +113,19 @@ class Server:
             self.process.wait(timeout=60)
 
 
-def start_server(world: World, log: Path) -> Server:
-    return start_service(world.config_path, world.home, log)
+def start_server(world: World, log: Path, workers: int = 1) -> Server:
+    return start_service(world.config_path, world.home, log, workers)
 
 
-def start_service(config_path: Path, home: Path, log: Path) -> Server:
+def start_service(config_path: Path, home: Path, log: Path, workers: int = 1) -> Server:
     """`python -m flows.serve` on a free loopback port against `home`; returns once it answers."""
     port = free_port()
     env = {**os.environ, "DRIFTLOOP_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-m", "flows.serve", "--config", str(config_path), "--port", str(port)]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "flows.serve", "--config", str(config_path), "--port", str(port)],
+            [*command, "--workers", str(workers)],
             cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"

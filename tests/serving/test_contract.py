@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -22,8 +24,6 @@ def server(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 def wait_for_version(server: Server, version: str, seconds: float = 60) -> None:
-    import time
-
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         answer = httpx.get(f"{server.url}/health", timeout=5)
@@ -168,8 +168,6 @@ def online_rows(log: InferenceLog) -> pd.DataFrame:
 
 
 def wait_for_rows(log: InferenceLog, at_least: int, seconds: float = 30) -> pd.DataFrame:
-    import time
-
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         rows = online_rows(log)
@@ -177,3 +175,26 @@ def wait_for_rows(log: InferenceLog, at_least: int, seconds: float = 30) -> pd.D
             return rows
         time.sleep(0.2)
     raise AssertionError(f"only {len(online_rows(log))} online rows in the log after {seconds} s, wanted {at_least}")
+
+
+def test_two_worker_processes_answer_and_metrics_sum_them(world: World, tmp_path: Path) -> None:
+    two = start_server(world, tmp_path / "serve.log", workers=2)
+    try:
+        champion = world.client.get_model_version_by_alias(world.config.model_name, "champion").version
+        wait_for_version(two, str(champion))
+        for _ in range(30):
+            assert httpx.post(f"{two.url}/predict", json=request_records(world, 2), timeout=10).status_code == 200
+        deadline, pids = time.monotonic() + 60, set()
+        while len(pids) < 2 and time.monotonic() < deadline:  # the second worker may still be loading
+            text = httpx.get(f"{two.url}/metrics", timeout=5).text
+            pids = {
+                line.split('pid="')[1].split('"')[0]
+                for line in text.splitlines()
+                if line.startswith("driftloop_model_version{")
+            }
+            time.sleep(0.2)
+    finally:
+        two.stop()
+    assert 'driftloop_requests_total{endpoint="predict",status="200"} 30.0' in text  # summed over both
+    assert "driftloop_predicted_rows_total 60.0" in text
+    assert len(pids) == 2  # each worker process loaded the champion
