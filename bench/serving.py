@@ -450,6 +450,7 @@ def compare(
 
 @dataclass
 class Promotion:
+    workers: int
     old: str
     new: str
     load: Load
@@ -461,7 +462,7 @@ class Promotion:
     logged: dict[str, int] = field(default_factory=dict)  # inference-log rows of the run by version
 
 
-def promotion(home: Home, ours: Server, old: str, body_file: Path, folder: Path) -> Promotion:
+def promotion(home: Home, ours: Server, workers: int, old: str, body_file: Path, folder: Path) -> Promotion:
     """Drive ours; mid-run register a second version (fitted and logged before) and move the alias."""
     logged = log_version(home, SECOND_PARAMS)
     prefix = folder / "promotion"
@@ -476,14 +477,15 @@ def promotion(home: Home, ours: Server, old: str, body_file: Path, folder: Path)
         time.sleep(0.05)
     seen_after = time.time() - promoted_at
     load = finish_locust(process, prefix, 1, PROMOTION_SECONDS)
-    served = httpx.get(f"{ours.url}/model", timeout=5).json()
-    if served.get("version") != new:
-        raise RuntimeError(f"after the promotion the service still says {served}")
+    said = {httpx.get(f"{ours.url}/model", timeout=5).json().get("version") for _ in range(10 * workers)}
+    if said != {new}:  # asked often enough to reach every worker
+        raise RuntimeError(f"after the promotion GET /model still names versions {sorted(map(str, said))}")
     new_times = [a[0] for a in load.answers if a[2] and a[3] == new]
     old_times = [a[0] for a in load.answers if a[2] and a[3] == old]
     first_new = min(new_times) if new_times else math.nan
     around = [a[1] for a in load.answers if promoted_at <= a[0] <= first_new + 2.0]
     return Promotion(
+        workers=workers,
         old=old,
         new=new,
         load=load,
@@ -593,7 +595,8 @@ def markdown(result: Result, provenance: str = "") -> str:
         ),
         "",
         *_paragraph(
-            f"**Promotion under load.** {PROMOTION_USERS} users posting single records to ours (1 worker) for",
+            f"**Promotion under load.** {PROMOTION_USERS} users posting single records to ours",
+            f"({promo.workers} worker{'s' if promo.workers > 1 else ''}, each following the alias on its own) for",
             f"{PROMOTION_SECONDS} s; {PROMOTE_AFTER:g} s in, version {promo.new} (other parameters, fitted and logged",
             "beforehand) was registered and the champion alias moved to it. Failed requests:",
             f"**{promo.load.failures}**; {answered} answered, {versions} (`x-model-version`); the inference log",
@@ -627,18 +630,21 @@ def measure(repeats: int = 2, seconds: float = SECONDS, workers: tuple[int, ...]
         difference = 0.0
         for count in workers:
             with both(home, first, count, folder) as (ours, peer):
+                served = httpx.get(f"{ours.url}/model", timeout=10).json().get("version")
+                if served != first:
+                    raise RuntimeError(f"ours serves version {served}, the peer version {first}: not timed")
                 difference = max(difference, agreement(ours, peer, check_ours, check_peer))
                 if difference > AGREEMENT:
                     raise RuntimeError(f"the peer answers differently from ours (by {difference:.2e}): not timed")
                 rows += compare(ours, peer, files, count, repeats, seconds, folder)
-                if count == 1:
+                if count == workers[-1]:  # last: the champion moves
                     peer.stop()
-                    promoted = promotion(home, ours, first, files.ours["single"], folder)
+                    promoted = promotion(home, ours, count, first, files.ours["single"], folder)
                     ours.stop()  # graceful: the inference log is flushed
                     answered = [a[0] for a in promoted.load.answers]
                     promoted.logged = logged_versions(home, min(answered) - 1, max(answered) + 1)
         if promoted is None:
-            raise RuntimeError("the promotion run needs 1 worker among the worker counts")
+            raise RuntimeError("no worker count to measure")
     return Result(
         rows, promoted, difference, len(home.train), len(check_ours), fit_seconds,
         (time.monotonic() - started) / 60, repeats, seconds, (load_before, os.getloadavg()[0]),
