@@ -109,3 +109,15 @@ def test_mlflow_shapes_give_the_same_rows() -> None:
     pd.testing.assert_frame_equal(records_of(split, 10), plain)
     pd.testing.assert_frame_equal(records_of({"dataframe_records": [GOOD, GOOD]}, 10), plain)
     pd.testing.assert_frame_equal(records_of(GOOD, 10), plain.head(1))
+
+
+def test_a_timestamp_spelled_nat_is_left_to_pandera(config: TrainingConfig) -> None:
+    # "NaT" is a str, and parses to a null timestamp, which the contract does not allow
+    from tasks.derive import derive_columns
+
+    schema = request_schema(config)
+    derived = derive_columns(config, pd.DataFrame([GOOD]))
+    derived["time_hour"] = "NaT"
+    assert fast_validate(schema, derived) is None
+    with pytest.raises(SchemaErrors):
+        schema.validate(derived, lazy=True)
