@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -237,6 +238,8 @@ def create_app(config: TrainingConfig, stores: Stores, client: MlflowClient | No
 
 def app_from_env() -> FastAPI:
     """The app of one uvicorn worker process: the config named by DRIFTLOOP_SERVE_CONFIG."""
+    # pandera's failure report concatenates frames in a way pandas 2.3 warns about, once per bad request
+    warnings.filterwarnings("ignore", category=FutureWarning, module="pandera")
     return create_app(load_config(Path(os.environ[CONFIG_ENV])), Stores.from_env())
 
 
@@ -260,11 +263,17 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="driftloop-metrics-")
     import uvicorn
 
+    host, port = args.host or serving.host, args.port or serving.port
+    print(
+        f"serving models:/{config.model_name}@champion on http://{host}:{port} "
+        f"(POST /predict; GET /health, /model, /metrics), {workers} worker(s); Ctrl-C stops",
+        file=sys.stderr,
+    )
     uvicorn.run(
         "flows.serve:app_from_env",
         factory=True,
-        host=args.host or serving.host,
-        port=args.port or serving.port,
+        host=host,
+        port=port,
         workers=workers,
         log_level="warning",
         access_log=False,
