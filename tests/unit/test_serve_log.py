@@ -109,3 +109,15 @@ def test_multiclass_rows_keep_their_class_probabilities(make_config, make_frame,
     assert writer.flush() == 5
     log = InferenceLog(DataStore((tmp_path / "data").as_uri()), config).read()
     assert json.loads(log["prediction_probabilities"].iloc[0]) == {"low": 0.2, "mid": 0.5, "high": 0.3}
+
+
+def test_what_the_writer_adds_is_still_checked(keyed, make_frame, tmp_path) -> None:
+    # the request rows were checked on arrival; a broken prediction must not reach the log unnoticed
+    writer = OnlineLog(keyed, (tmp_path / "data").as_uri())
+    bad = answered(make_frame("binary", rows=3), "r1")
+    writer.add(
+        Answered(bad.rows, pd.Series([0.1, np.nan, 1.7]), None, None, "synthetic-model", "1", "r1", bad.answered_at)
+    )
+    assert writer.flush() == 0
+    assert "prediction" in writer.last_error
+    assert writer.pending_rows == 3  # kept, not lost, not written
