@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import (
@@ -23,7 +20,7 @@ from bench import (
     tuning,
     validation,
 )
-from bench.timing import REPO_ROOT
+from bench.timing import REPO_ROOT, machine
 
 OVERHEAD_CONFIGS = ["configs/flights.yaml", "configs/bikeshare.yaml"]  # make run's window, and a small dataset
 TUNING_BUDGETS = {"configs/flights.yaml": 40.0, "configs/bikeshare.yaml": 25.0}  # seconds per search
@@ -38,16 +35,6 @@ DRIFT_ROWS = [10_000, 100_000, 1_000_000]
 GROWTH_CONFIG = "configs/flights.yaml"
 RUN_CONFIG = "configs/flights.yaml"  # make run's default
 SERVING_REPEATS = 2  # locust runs per load and side: the section stays near 6 minutes
-
-
-def machine() -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
-    cores = len(os.sched_getaffinity(0))
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{platform.machine()}, {cores} cores, {memory:.0f} GiB, Python {platform.python_version()}, "
-        f"commit {commit.stdout.strip() or '?'}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:

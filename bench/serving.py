@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from bench.timing import REPO_ROOT, median
+from bench.timing import REPO_ROOT, machine, median
 from flows.local_stack import free_port
 from tasks.inference_log import MODEL_VERSION, PART, SCORED_AT
 from tasks.settings import TimeWindow, TrainingConfig, load_config
@@ -675,7 +675,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default=str(REPO_ROOT / "BENCHMARKS.md"))
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from bench.__main__ import machine
 
     command = " ".join(["python -m bench.serving", *(argv if argv is not None else sys.argv[1:])])
     provenance = f"Measured on its own (`{command}`, on {machine()}); the next `make bench` writes it with the rest."

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import resource
 import statistics
 import subprocess
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -62,3 +65,13 @@ def timed_peak(module_command: list[str], env: dict[str, str], log: Path) -> Mea
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(module_command)} exited with {done.returncode}; see {log}")
     return Measured(wall, float(peak_file.read_text()))
+
+
+def machine() -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+    cores = len(os.sched_getaffinity(0))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{platform.machine()}, {cores} cores, {memory:.0f} GiB, Python {platform.python_version()}, "
+        f"commit {commit.stdout.strip() or '?'}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
