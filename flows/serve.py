@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -26,10 +27,12 @@ import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -38,9 +41,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.concurrency import run_in_threadpool
 
-from tasks.inference_log import record_columns
 from tasks.score import scored_frame
-from tasks.serve_log import Answered, OnlineLog
+from tasks.serve_log import Answered, OnlineLog, warm_writer
 from tasks.serve_model import ChampionFollower, ServedVersion
 from tasks.serve_request import BadRequest, Problem, records_of, request_schema, validate_request
 from tasks.settings import ConfigError, TrainingConfig, load_config
@@ -103,8 +105,8 @@ class Service:
         )
         self.follower = ChampionFollower(config, client, on_swap=self._swapped)
         self.online_log = OnlineLog(config, stores.data_uri)
+        self._writer: ProcessPoolExecutor | None = None
         self._previous: ServedVersion | None = None
-        self._logged_columns = record_columns(config)
         self.schema = request_schema(config)
 
     def _swapped(self, served: ServedVersion) -> None:
@@ -112,12 +114,18 @@ class Service:
         self._previous = served
 
     def start(self) -> None:
+        # the inference log's writes in a process of their own: off this process's GIL (tasks/serve_log.py)
+        self._writer = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self._writer.submit(warm_writer, self.online_log.config_json)  # its imports before the first flush
+        self.online_log.executor = self._writer
         self.online_log.start()
         self.follower.start()
 
     def stop(self) -> None:
         self.follower.stop()
-        self.online_log.stop()
+        self.online_log.stop()  # the last flush and merge, through the writer process
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
 
     def predict(self, raw: bytes, request_id: str) -> tuple[int, dict[str, Any]]:
         """Status and body of one /predict call; runs in a worker thread (the model holds the GIL little)."""
@@ -136,10 +144,11 @@ class Service:
         answered_at = datetime.now(UTC)
         self.online_log.add(
             Answered(
-                rows=rows[self._logged_columns],
-                prediction=prediction,
-                confidence=confidence,
-                probabilities=probabilities,
+                body=raw,
+                rows=len(rows),
+                prediction=np.asarray(prediction),
+                confidence=None if confidence is None else np.asarray(confidence),
+                probabilities=None if probabilities is None else np.asarray(probabilities, dtype=object),
                 model_name=served.name,
                 model_version=served.version,
                 request_id=request_id,

@@ -197,15 +197,11 @@ class InferenceLog:
         confidence: pd.Series | np.ndarray | None = None,
         probabilities: pd.Series | None = None,
         request_ids: pd.Series | None = None,
-        rows_checked: bool = False,
     ) -> str:
         """Write the scored batch as its own partition, replacing any earlier write of `batch_id`.
 
         `scored_at` is one moment for the whole batch, or one per row (online rows, answered at
         different times); `request_ids`, online rows only, names each row's request.
-        `rows_checked=True`: the record columns already passed the scoring contract's row rules,
-        which imply the log's (an online request, tasks/serve_request.py), so only the columns this
-        writer adds are checked here: the same guarantee for a fifth of the cost on the serving path.
         `predictions` (and, for multiclass, `confidence`) line up with `frame` by position. The
         target, if `frame` has it, is not logged: labels go through `record_labels`. Raises
         pandera's SchemaErrors (every problem at once) before writing anything if the batch
@@ -259,12 +255,7 @@ class InferenceLog:
             np.full(rows, None, dtype=object) if request_ids is None else np.asarray(request_ids, dtype=object)
         )
         entry = pd.concat([meta, record, pd.DataFrame(scored)], axis=1)[log_columns(config)]
-        schema = log_schema(config)
-        if rows_checked:
-            added = [c for c in entry.columns if c not in record_columns(config)]
-            entry[added] = schema.select_columns(added).validate(entry[added], lazy=True)
-        else:
-            entry = schema.validate(entry, lazy=True)
+        entry = log_schema(config).validate(entry, lazy=True)
         # the partition folder names the batch (hive style); the file holds the rest
         return self.store.put(
             "inference", config.name, _partition(batch_id), _parquet_bytes(entry.drop(columns=BATCH_ID))

@@ -9,6 +9,12 @@ interval (or the last `log_flush_rows` rows), never more. A graceful stop flushe
 A write that fails (the store is down) keeps its rows and is tried again at the next flush; rows
 beyond `MAX_PENDING_FLUSHES` intervals' worth are dropped and counted, so memory stays bounded.
 
+The work of a write (parsing the requests again, deriving, checking against the log's schema,
+Parquet) runs in a process of its own when the service gives one (`executor`): in the serving process
+it would share the GIL with the request threads and every flush would show in their tail latency.
+So what a request hands over is what it already has, its body as received and its predictions; the
+writer rebuilds the rows with the same contract code (tasks/serve_request.py), deterministically.
+
 Small writes every few seconds would leave monitoring thousands of files to open per window, so once
 an hour is over its partitions are merged into one (`online-<hour>-<writer>`), and a graceful stop
 merges what it wrote too: a few files per process and hour (tasks/inference_log.py `merge`).
@@ -16,18 +22,24 @@ merges what it wrote too: a few files per process and hour (tasks/inference_log.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
+import pandera.pandas as pa
 
-from tasks.inference_log import InferenceLog
+from tasks.inference_log import InferenceLog, record_columns
+from tasks.serve_request import records_of, request_schema, validate_request
 from tasks.settings import TrainingConfig
 from tasks.stores import DataStore
 
@@ -38,12 +50,13 @@ MAX_PENDING_FLUSHES = 20  # rows kept through a store outage: this many flushes'
 
 @dataclass(frozen=True)
 class Answered:
-    """The rows of one answered request, as scored."""
+    """One answered request: its body as received, how many rows it held, and what was answered."""
 
-    rows: pd.DataFrame  # validated request rows (timestamp, key, features)
-    prediction: pd.Series
-    confidence: pd.Series | None
-    probabilities: pd.Series | None
+    body: bytes  # the request's JSON, which passed the contract (the writer parses it again)
+    rows: int
+    prediction: np.ndarray
+    confidence: np.ndarray | None  # multiclass only, like the two below
+    probabilities: np.ndarray | None  # every class's probability, JSON text per row
     model_name: str
     model_version: str
     request_id: str
@@ -54,14 +67,20 @@ class OnlineLog:
     """Gathers answered rows and appends them to the inference log in the background."""
 
     def __init__(
-        self, config: TrainingConfig, data_uri: str, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        config: TrainingConfig,
+        data_uri: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        executor: Executor | None = None,
     ) -> None:
         self.config = config
+        self.config_json = config.model_dump_json()  # what the writer process rebuilds the config from
+        self.data_uri = data_uri
         self.clock = clock
+        self.executor = executor  # None: writes run in this process (tests, tools)
         self.writer = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"  # unique per process start: names never clash
         self.unmerged: list[tuple[str, str]] = []  # (hour, batch id) written and not merged yet
         self.merged_partitions = 0
-        self.log = InferenceLog(DataStore(data_uri), config)
         self.pending: list[Answered] = []
         self.pending_rows = 0
         self.written_rows = 0
@@ -78,7 +97,7 @@ class OnlineLog:
     def add(self, answered: Answered) -> None:
         with self._lock:
             self.pending.append(answered)
-            self.pending_rows += len(answered.rows)
+            self.pending_rows += answered.rows
             full = self.pending_rows >= self.config.serving.log_flush_rows
         if full:
             self._wake.set()
@@ -135,7 +154,9 @@ class OnlineLog:
             batches = [b for h, b in self.unmerged if h == finished]
             if len(batches) > 1:
                 try:
-                    self.log.merge(batches, into=f"online-{finished}-{self.writer}")
+                    self._call(
+                        merge_partitions, self.config_json, self.data_uri, batches, f"online-{finished}-{self.writer}"
+                    )
                 except Exception as error:  # the small partitions stay readable; merged on the next try
                     self.last_error = f"merging the inference log's partitions failed: {type(error).__name__}: {error}"
                     log.error(self.last_error)
@@ -147,38 +168,65 @@ class OnlineLog:
         limit = MAX_PENDING_FLUSHES * self.config.serving.log_flush_rows
         with self._lock:
             self.pending = kept + self.pending
-            self.pending_rows = sum(len(a.rows) for a in self.pending)
+            self.pending_rows = sum(a.rows for a in self.pending)
             while self.pending_rows > limit and len(self.pending) > 1:
                 oldest = self.pending.pop(0)
-                self.pending_rows -= len(oldest.rows)
-                self.dropped_rows += len(oldest.rows)
+                self.pending_rows -= oldest.rows
+                self.dropped_rows += oldest.rows
+
+    def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self.executor is None:
+            return function(*args)
+        return self.executor.submit(function, *args).result()  # this thread waits; the GIL is free
 
     def _write(self, group: list[Answered]) -> int:
-        # numpy concatenation, not pandas: a flush gathers hundreds of one-row answers, and pandas'
-        # per-object cost on each would be most of the flush, paid by the request threads (the GIL)
-        rows = pd.concat([a.rows for a in group], ignore_index=True)
-        sizes = [len(a.rows) for a in group]
-        prediction = pd.Series(np.concatenate([np.asarray(a.prediction) for a in group]))
-        confidence = probabilities = None
-        if self.config.task == "multiclass":
-            confidence = pd.Series(np.concatenate([np.asarray(a.confidence) for a in group]))
-            probabilities = pd.Series(np.concatenate([np.asarray(a.probabilities, dtype=object) for a in group]))
-        answered_at = pd.Series(np.repeat(np.array([a.answered_at for a in group], dtype=object), sizes))
-        request_ids = pd.Series(np.repeat(np.array([a.request_id for a in group], dtype=object), sizes))
         self._sequence += 1
         now = self.clock()
         batch_id = f"online-{now:%Y%m%dT%H%M%S}-{self.writer}-{self._sequence:06d}"
-        self.log.append(
-            rows,
-            prediction,
-            batch_id=batch_id,
-            model_name=group[0].model_name,
-            model_version=group[0].model_version,
-            scored_at=answered_at,
-            confidence=confidence,
-            probabilities=probabilities,
-            request_ids=request_ids,
-            rows_checked=True,  # each request's rows passed the scoring contract before they were answered
-        )
+        written = self._call(write_answers, self.config_json, self.data_uri, batch_id, group)
         self.unmerged.append((f"{now:%Y%m%dT%H}", batch_id))
-        return len(rows)
+        return int(written)
+
+
+@functools.lru_cache(maxsize=8)
+def _config(config_json: str) -> tuple[TrainingConfig, pa.DataFrameSchema]:
+    config = TrainingConfig.model_validate_json(config_json)
+    return config, request_schema(config)
+
+
+def write_answers(config_json: str, data_uri: str, batch_id: str, group: list[Answered]) -> int:
+    """Rebuild the answered rows from their requests and append them as one partition; in the writer process.
+
+    The bodies passed the contract when they were answered, so they pass it again (the same code on
+    the same bytes); the log's own schema then checks the whole entry before anything is written.
+    """
+    config, schema = _config(config_json)
+    frames = [records_of(orjson.loads(a.body), max(a.rows, 1)) for a in group]
+    rows = validate_request(config, pd.concat(frames, ignore_index=True), schema)[record_columns(config)]
+    sizes = [a.rows for a in group]
+    if len(rows) != sum(sizes):
+        raise ValueError(f"{len(rows)} rows rebuilt from the requests, but {sum(sizes)} were answered")
+    multiclass = config.task == "multiclass"
+    InferenceLog(DataStore(data_uri), config).append(
+        rows,
+        np.concatenate([a.prediction for a in group]),
+        batch_id=batch_id,
+        model_name=group[0].model_name,
+        model_version=group[0].model_version,
+        scored_at=pd.Series(np.repeat(np.array([a.answered_at for a in group], dtype=object), sizes)),
+        confidence=np.concatenate([a.confidence for a in group]) if multiclass else None,
+        probabilities=pd.Series(np.concatenate([a.probabilities for a in group])) if multiclass else None,
+        request_ids=pd.Series(np.repeat(np.array([a.request_id for a in group], dtype=object), sizes)),
+    )
+    return len(rows)
+
+
+def warm_writer(config_json: str) -> None:
+    """Import and build what a write needs, so the first flush does not pay for it."""
+    _config(config_json)
+
+
+def merge_partitions(config_json: str, data_uri: str, batches: list[str], into: str) -> str:
+    """Merge partitions of the inference log into one (tasks/inference_log.py `merge`); in the writer process."""
+    config, _ = _config(config_json)
+    return InferenceLog(DataStore(data_uri), config).merge(batches, into=into)

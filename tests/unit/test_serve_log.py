@@ -23,16 +23,24 @@ class Clock:
         return self.now
 
 
+def body_of(frame: pd.DataFrame) -> bytes:
+    """A request's JSON body holding these rows, as a client sends them."""
+    rows = frame[["ts", "x1", "x2", "c1"]].fillna({"x2": 0.0})  # the contract allows no null x2: as answered
+    rows["ts"] = rows["ts"].map(lambda t: t.isoformat())
+    return json.dumps(rows.astype(object).where(rows.notna(), None).to_dict(orient="records")).encode()
+
+
 def answered(frame: pd.DataFrame, request_id: str, version: str = "1", multiclass: bool = False) -> Answered:
-    rows = frame[["ts", "x1", "x2", "c1"]].reset_index(drop=True)
+    n = len(frame)
     if multiclass:
-        probabilities = pd.Series([json.dumps({"low": 0.2, "mid": 0.5, "high": 0.3})] * len(rows))
+        probabilities = np.array([json.dumps({"low": 0.2, "mid": 0.5, "high": 0.3})] * n, dtype=object)
         return Answered(
-            rows, pd.Series(["mid"] * len(rows)), pd.Series(np.full(len(rows), 0.5)), probabilities,
+            body_of(frame), n, np.array(["mid"] * n, dtype=object), np.full(n, 0.5), probabilities,
             "synthetic-model", version, request_id, datetime.now(UTC),
         )  # fmt: skip
-    prediction = pd.Series(np.linspace(0, 1, len(rows)))
-    return Answered(rows, prediction, None, None, "synthetic-model", version, request_id, datetime.now(UTC))
+    return Answered(
+        body_of(frame), n, np.linspace(0, 1, n), None, None, "synthetic-model", version, request_id, datetime.now(UTC)
+    )
 
 
 @pytest.fixture
@@ -88,16 +96,16 @@ def test_a_finished_hour_is_merged_into_one_partition_and_a_stop_merges_the_rest
 def test_a_failed_write_keeps_the_rows_for_the_next_flush(keyed, make_frame, tmp_path, monkeypatch) -> None:
     writer = OnlineLog(keyed, (tmp_path / "data").as_uri())
     writer.add(answered(make_frame("binary", rows=10), "r1"))
-    real = writer.log.append
+    real = InferenceLog.append
 
     def down(*args, **kwargs):
         raise ConnectionError("store unreachable")
 
-    monkeypatch.setattr(writer.log, "append", down)
+    monkeypatch.setattr(InferenceLog, "append", down)
     assert writer.flush() == 0
     assert writer.pending_rows == 10
     assert "store unreachable" in writer.last_error
-    monkeypatch.setattr(writer.log, "append", real)
+    monkeypatch.setattr(InferenceLog, "append", real)
     assert writer.flush() == 10
     assert writer.last_error is None
 
@@ -112,12 +120,28 @@ def test_multiclass_rows_keep_their_class_probabilities(make_config, make_frame,
 
 
 def test_what_the_writer_adds_is_still_checked(keyed, make_frame, tmp_path) -> None:
-    # the request rows were checked on arrival; a broken prediction must not reach the log unnoticed
+    # the whole entry is checked before it is written: a broken prediction never reaches the log
     writer = OnlineLog(keyed, (tmp_path / "data").as_uri())
     bad = answered(make_frame("binary", rows=3), "r1")
     writer.add(
-        Answered(bad.rows, pd.Series([0.1, np.nan, 1.7]), None, None, "synthetic-model", "1", "r1", bad.answered_at)
+        Answered(bad.body, 3, np.array([0.1, np.nan, 1.7]), None, None, "synthetic-model", "1", "r1", bad.answered_at)
     )
     assert writer.flush() == 0
     assert "prediction" in writer.last_error
     assert writer.pending_rows == 3  # kept, not lost, not written
+
+
+def test_writes_run_in_a_writer_process_when_the_service_gives_one(keyed, make_frame, tmp_path) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    frame = make_frame("binary", rows=12)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        writer = OnlineLog(keyed, (tmp_path / "data").as_uri(), executor=pool)
+        writer.add(answered(frame.iloc[:5], "p1"))
+        writer.add(answered(frame.iloc[5:], "p2"))
+        assert writer.flush() == 12
+        writer.stop()
+    log = InferenceLog(DataStore((tmp_path / "data").as_uri()), keyed).read()
+    assert sorted(log[REQUEST_ID].unique()) == ["p1", "p2"]
+    np.testing.assert_allclose(log.sort_values("ts")["x1"].to_numpy(), frame.sort_values("ts")["x1"].to_numpy())
