@@ -449,6 +449,9 @@ class ServingConfig(Strict):
     host: str = Field("127.0.0.1", description="bind address; loopback unless a proxy in front needs more")
     port: int = Field(8000, ge=1, le=65_535)
     workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes, each with its own model copy")
+    threads: int = Field(
+        2, ge=1, le=64, description="requests a worker process answers at once; more only queue for the GIL"
+    )
     poll_seconds: float = Field(5.0, ge=0.2, le=3600, description="how often the champion alias is read")
     max_batch_rows: int = Field(10_000, ge=1, le=1_000_000, description="larger requests get a 422")
     log_flush_seconds: float = Field(
