@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from prometheus_client import multiprocess as prometheus_multiprocess
 from starlette.concurrency import run_in_threadpool
 
 from tasks.score import scored_frame
-from tasks.serve_log import Answered, OnlineLog, warm_writer
+from tasks.serve_log import Answered, OnlineLog, start_writer_process
 from tasks.serve_model import ChampionFollower, ServedVersion
 from tasks.serve_request import BadRequest, Problem, records_of, request_schema, validate_request
 from tasks.settings import ConfigError, TrainingConfig, load_config
@@ -115,11 +114,15 @@ class Service:
         self.metrics.served(served, self._previous)
         self._previous = served
 
-    def start(self) -> None:
-        # the inference log's writes in a process of their own: off this process's GIL (tasks/serve_log.py)
-        self._writer = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        self._writer.submit(warm_writer, self.online_log.config_json)  # its imports before the first flush
+    def open_writer(self) -> None:
+        """The inference log's writes in a process of their own, off this process's GIL (tasks/serve_log.py).
+
+        Called from the main thread, where the writer can be started deaf to the stop signals.
+        """
+        self._writer = start_writer_process()
         self.online_log.executor = self._writer
+
+    def start(self) -> None:
         self.online_log.start()
         self.follower.start()
 
@@ -201,6 +204,7 @@ def create_app(config: TrainingConfig, stores: Stores, client: MlflowClient | No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.open_writer()
         await run_in_threadpool(service.start)  # the first load reads the registry: off the event loop
         yield
         await run_in_threadpool(service.stop)  # flushes the inference log

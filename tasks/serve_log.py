@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import multiprocessing
 import os
+import signal
 import threading
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -221,9 +223,32 @@ def write_answers(config_json: str, data_uri: str, batch_id: str, group: list[An
     return len(rows)
 
 
-def warm_writer(config_json: str) -> None:
-    """Import and build what a write needs, so the first flush does not pay for it."""
-    _config(config_json)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def start_writer_process() -> ProcessPoolExecutor:
+    """A one-process pool for the log's writes, started now, deaf to Ctrl-C and SIGTERM for its whole life.
+
+    Those signals reach a whole process group (a terminal, `tini -g`, a killpg): the writer must
+    outlive them so the service's graceful stop can still hand it the last flush; it ends with the
+    pool's shutdown, or when the service's process is gone. An ignored signal stays ignored across
+    exec and Python leaves it so, which also covers the seconds the new process spends importing;
+    so the process is started from the main thread with both ignored there for that moment.
+    """
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    main = threading.current_thread() is threading.main_thread()
+    saved = [signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS] if main else []
+    try:
+        ready = pool.submit(_writer_ready)  # the process starts here, inheriting the ignored signals
+    finally:
+        for number, handler in zip(STOP_SIGNALS, saved, strict=False):
+            signal.signal(number, handler)
+    ready.result(timeout=120)  # its imports done before the first flush needs them
+    return pool
+
+
+def _writer_ready() -> bool:
+    return True
 
 
 def merge_partitions(config_json: str, data_uri: str, batches: list[str], into: str) -> str:

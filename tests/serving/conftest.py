@@ -113,11 +113,11 @@ class Server:
             self.process.wait(timeout=60)
 
 
-def start_server(world: World, log: Path, workers: int = 1) -> Server:
-    return start_service(world.config_path, world.home, log, workers)
+def start_server(world: World, log: Path, workers: int = 1, own_group: bool = False) -> Server:
+    return start_service(world.config_path, world.home, log, workers, own_group)
 
 
-def start_service(config_path: Path, home: Path, log: Path, workers: int = 1) -> Server:
+def start_service(config_path: Path, home: Path, log: Path, workers: int = 1, own_group: bool = False) -> Server:
     """`python -m flows.serve` on a free loopback port against `home`; returns once it answers."""
     port = free_port()
     env = {**os.environ, "DRIFTLOOP_HOME": str(home), "PYTHONUNBUFFERED": "1"}
@@ -126,7 +126,7 @@ def start_service(config_path: Path, home: Path, log: Path, workers: int = 1) ->
     with log.open("wb") as out:
         process = subprocess.Popen(
             [*command, "--workers", str(workers)],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=own_group,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -198,3 +198,28 @@ def test_two_worker_processes_answer_and_metrics_sum_them(world: World, tmp_path
     assert 'driftloop_requests_total{endpoint="predict",status="200"} 30.0' in text  # summed over both
     assert "driftloop_predicted_rows_total 60.0" in text
     assert len(pids) == 2  # each worker process loaded the champion
+
+
+def test_a_stop_signal_to_the_whole_process_group_still_logs_every_answered_row(world: World, tmp_path: Path) -> None:
+    """Ctrl-C in a terminal, tini -g, killpg: the writer process gets the signal too, and must outlive it."""
+    import os
+    import signal
+
+    log = InferenceLog(DataStore(world.stores.data_uri), world.config)
+    group = start_server(world, tmp_path / "serve.log", workers=2, own_group=True)
+    champion = world.client.get_model_version_by_alias(world.config.model_name, "champion").version
+    wait_for_version(group, str(champion))
+    ids = [f"group-stop-{i}" for i in range(40)]
+    for request_id in ids:
+        answer = httpx.post(
+            f"{group.url}/predict", json=request_records(world, 3), timeout=10, headers={"x-request-id": request_id}
+        )
+        assert answer.status_code == 200
+    os.killpg(group.process.pid, signal.SIGTERM)
+    group.process.wait(timeout=60)
+    frame = pd.concat(
+        [pd.read_parquet(log.store.open(p)) for p in log.store.find("inference", world.config.name, "part-0.parquet")]
+    )
+    logged = frame[frame[REQUEST_ID].isin(ids)]
+    assert sorted(set(logged[REQUEST_ID])) == sorted(ids)
+    assert len(logged) == 3 * len(ids)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from tasks.inference_log import REQUEST_ID, InferenceLog
-from tasks.serve_log import Answered, OnlineLog
+from tasks.serve_log import Answered, OnlineLog, start_writer_process
 from tasks.stores import DataStore
 
 
@@ -132,11 +132,13 @@ def test_what_the_writer_adds_is_still_checked(keyed, make_frame, tmp_path) -> N
 
 
 def test_writes_run_in_a_writer_process_when_the_service_gives_one(keyed, make_frame, tmp_path) -> None:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    import os
+    import signal
 
     frame = make_frame("binary", rows=12)
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with start_writer_process() as pool:
+        writer_pid = pool.submit(os.getpid).result()
+        os.kill(writer_pid, signal.SIGTERM)  # as a killpg or Ctrl-C would: the writer outlives it
         writer = OnlineLog(keyed, (tmp_path / "data").as_uri(), executor=pool)
         writer.add(answered(frame.iloc[:5], "p1"))
         writer.add(answered(frame.iloc[5:], "p2"))
