@@ -82,7 +82,6 @@ class OnlineLog:
         self.executor = executor  # None: writes run in this process (tests, tools)
         self.writer = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"  # unique per process start: names never clash
         self.unmerged: list[tuple[str, str]] = []  # (hour, batch id) written and not merged yet
-        self.merged_partitions = 0
         self.pending: list[Answered] = []
         self.pending_rows = 0
         self.written_rows = 0
@@ -163,7 +162,6 @@ class OnlineLog:
                     self.last_error = f"merging the inference log's partitions failed: {type(error).__name__}: {error}"
                     log.error(self.last_error)
                     return
-                self.merged_partitions += len(batches)
             self.unmerged = [(h, b) for h, b in self.unmerged if h != finished]
 
     def _keep(self, kept: list[Answered]) -> None:

@@ -156,3 +156,17 @@ def records_for_requests(config: TrainingConfig, rows: pd.DataFrame) -> list[dic
     records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
     keys = set(config.validation.unique_key)  # integral key values stay integers, as a client sends them
     return [{k: (int(v) if k in keys and isinstance(v, float) else v) for k, v in r.items()} for r in records]
+
+
+def health(server: Server) -> dict[str, Any]:
+    return httpx.get(f"{server.url}/health", timeout=5).json()
+
+
+def wait_until_served(server: Server, version: str, seconds: float = 60) -> None:
+    """Until /health names `version` as the model answering."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if health(server).get("model", {}).get("version") == version:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"version {version} not served after {seconds} s: {health(server)}")

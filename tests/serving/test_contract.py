@@ -12,7 +12,7 @@ import pytest
 
 from tasks.inference_log import REQUEST_ID, InferenceLog
 from tasks.stores import DataStore
-from tests.serving.conftest import Server, World, request_records, start_server
+from tests.serving.conftest import Server, World, request_records, start_server, wait_until_served
 
 
 @pytest.fixture(scope="module")
@@ -21,18 +21,6 @@ def server(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     server = start_server(world, tmp_path_factory.mktemp("serve") / "serve.log")
     yield server
     server.stop()
-
-
-def wait_for_version(server: Server, version: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        answer = httpx.get(f"{server.url}/health", timeout=5)
-        if answer.status_code == 200 and answer.json()["model"]["version"] == version:
-            return
-        time.sleep(0.2)
-    raise AssertionError(
-        f"version {version} was not served within {seconds} s: {httpx.get(f'{server.url}/health').json()}"
-    )
 
 
 def test_health_is_unavailable_until_a_champion_exists_then_ready(world: World, server: Server) -> None:
@@ -44,7 +32,7 @@ def test_health_is_unavailable_until_a_champion_exists_then_ready(world: World, 
     assert refused.status_code == 503
 
     version = world.register({"max_iter": 20})
-    wait_for_version(server, version)
+    wait_until_served(server, version)
     model = httpx.get(f"{server.url}/model", timeout=5).json()
     assert model["name"] == world.config.model_name
     assert model["version"] == version
@@ -140,11 +128,10 @@ def test_a_null_where_the_config_allows_nulls_is_answered(world: World, server: 
 
 def test_answered_rows_reach_the_inference_log_with_their_request_and_version(world: World, server: Server) -> None:
     log = InferenceLog(DataStore(world.stores.data_uri), world.config)
-    before = len(online_rows(log))
     records = request_records(world, 7, start=100)
     answer = httpx.post(f"{server.url}/predict", json=records, timeout=10, headers={"x-request-id": "req-log-test"})
     assert answer.status_code == 200
-    rows = wait_for_rows(log, before + 7)
+    rows = wait_for_request(log, "req-log-test", 7)
     mine = rows[rows[REQUEST_ID] == "req-log-test"]
     assert len(mine) == 7
     assert set(mine["model_version"]) == {answer.json()["model"]["version"]}
@@ -167,21 +154,22 @@ def online_rows(log: InferenceLog) -> pd.DataFrame:
     return frame[frame[REQUEST_ID].notna()]
 
 
-def wait_for_rows(log: InferenceLog, at_least: int, seconds: float = 30) -> pd.DataFrame:
+def wait_for_request(log: InferenceLog, request_id: str, rows: int, seconds: float = 30) -> pd.DataFrame:
+    """The online rows once `request_id`'s are written (earlier tests' rows may still be on their way)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        rows = online_rows(log)
-        if len(rows) >= at_least:
-            return rows
+        logged = online_rows(log)
+        if (logged[REQUEST_ID] == request_id).sum() >= rows:
+            return logged
         time.sleep(0.2)
-    raise AssertionError(f"only {len(online_rows(log))} online rows in the log after {seconds} s, wanted {at_least}")
+    raise AssertionError(f"{request_id}'s {rows} rows not in the log after {seconds} s")
 
 
 def test_two_worker_processes_answer_and_metrics_sum_them(world: World, tmp_path: Path) -> None:
     two = start_server(world, tmp_path / "serve.log", workers=2)
     try:
         champion = world.client.get_model_version_by_alias(world.config.model_name, "champion").version
-        wait_for_version(two, str(champion))
+        wait_until_served(two, str(champion))
         for _ in range(30):
             assert httpx.post(f"{two.url}/predict", json=request_records(world, 2), timeout=10).status_code == 200
         deadline, pids = time.monotonic() + 60, set()
@@ -208,7 +196,7 @@ def test_a_stop_signal_to_the_whole_process_group_still_logs_every_answered_row(
     log = InferenceLog(DataStore(world.stores.data_uri), world.config)
     group = start_server(world, tmp_path / "serve.log", workers=2, own_group=True)
     champion = world.client.get_model_version_by_alias(world.config.model_name, "champion").version
-    wait_for_version(group, str(champion))
+    wait_until_served(group, str(champion))
     ids = [f"group-stop-{i}" for i in range(40)]
     for request_id in ids:
         answer = httpx.post(

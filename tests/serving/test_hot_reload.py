@@ -15,7 +15,7 @@ import pytest
 
 from tasks.inference_log import REQUEST_ID
 from tasks.stores import DataStore
-from tests.serving.conftest import Server, World, request_records, start_server
+from tests.serving.conftest import Server, World, health, request_records, start_server, wait_until_served
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +29,6 @@ def server(world: World, first_version: str, tmp_path_factory: pytest.TempPathFa
     wait_until_served(server, first_version)
     yield server
     server.stop()
-
-
-def health(server: Server) -> dict:
-    return httpx.get(f"{server.url}/health", timeout=5).json()
-
-
-def wait_until_served(server: Server, version: str, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if health(server).get("model", {}).get("version") == version:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"version {version} not served after {seconds} s: {health(server)}")
 
 
 @dataclass(frozen=True)
